@@ -1,0 +1,252 @@
+"""The command line: `llama2-minimal COMMAND ...` (or `python -m llama2_minimal COMMAND ...`).
+
+convert SRC DST --to {meta,hf}      a Meta or Hugging Face checkpoint folder into the other layout
+generate CKPT (--prompt TEXT | --ids "1 2 3") [--chat] ...   decode from a checkpoint folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu.")
+    return name
+
+
+def _parse_ids(text: str, vocab_size: int) -> list[int]:
+    try:
+        ids = [int(tok) for tok in text.replace(",", " ").split()]
+    except ValueError as err:
+        raise ValueError(f'--ids takes whole numbers separated by spaces, e.g. --ids "1 450 4996": {err}') from None
+    if not ids:
+        raise ValueError('--ids is empty: give at least one token id, e.g. --ids "1".')
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"--ids {bad} are outside the model's vocabulary 0..{vocab_size - 1}.")
+    return ids
+
+
+# A model of about the size of transformers' tiny test Llama (3.15M parameters): the benchmarks' "tiny".
+TINY_PARAMS = {"dim": 192, "n_layers": 4, "n_heads": 6, "n_kv_heads": 2, "vocab_size": 4096, "multiple_of": 32,
+               "max_seq_len": 512}  # fmt: skip
+
+
+def _model_args(spec: str, vocab_size: int | None):
+    """ModelArgs from a name (tiny, 7B, 13B, 70B), a params.json / config.json, or a checkpoint folder."""
+    import json
+
+    from .checkpoint import HF_CONFIG, META_PARAMS, hf_config_to_args
+    from .model import LLAMA2_PARAMS, LLAMA2_VOCAB_SIZE, ModelArgs
+
+    names = {"tiny": TINY_PARAMS, **LLAMA2_PARAMS}
+    path = Path(spec)
+    if spec in names:
+        params = dict(names[spec])
+        if params["vocab_size"] == -1:
+            params["vocab_size"] = LLAMA2_VOCAB_SIZE
+    elif path.is_dir() and (path / META_PARAMS).is_file():
+        return _model_args(str(path / META_PARAMS), vocab_size)
+    elif path.is_dir() and (path / HF_CONFIG).is_file():
+        return _model_args(str(path / HF_CONFIG), vocab_size)
+    elif path.is_file():
+        try:
+            params = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a JSON file: {err}") from None
+        if "hidden_size" in params:  # a Hugging Face config.json
+            args = hf_config_to_args(params)
+            return args if vocab_size is None else ModelArgs.from_params(args.to_params(), vocab_size=vocab_size)
+        if params.get("vocab_size", -1) == -1:
+            params["vocab_size"] = LLAMA2_VOCAB_SIZE
+    else:
+        raise ValueError(f"{spec!r} is neither one of {sorted(names)} nor a params.json, config.json or checkpoint.")
+    if vocab_size is not None:
+        params["vocab_size"] = vocab_size
+    return ModelArgs.from_params(params)
+
+
+def cmd_init(opts: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .model import Transformer, count_parameters
+
+    args = _model_args(opts.params, opts.vocab_size)
+    torch.manual_seed(opts.seed)
+    model = Transformer(args)
+    save_checkpoint(model, opts.dst, layout=opts.layout, tokenizer_model=opts.tokenizer, overwrite=opts.force)
+    print(f"wrote a randomly initialised model ({count_parameters(args):,} parameters) to {opts.dst} ({opts.layout})")
+    return 0
+
+
+def cmd_count(opts: argparse.Namespace) -> int:
+    from .model import count_parameters, parameter_counts
+
+    args = _model_args(opts.spec, opts.vocab_size)
+    total = count_parameters(args)
+    print(
+        f"dim {args.dim}, {args.n_layers} layers, {args.n_heads} heads ({args.kv_heads} key/value), "
+        f"FFN {args.hidden_dim}, vocabulary {args.vocab_size}"
+    )
+    for part, n in parameter_counts(args).items():
+        print(f"  {part:<16}{n:>16,}  {100 * n / total:5.1f}%")
+    print(f"  {'total':<16}{total:>16,}")
+    return 0
+
+
+def cmd_convert(opts: argparse.Namespace) -> int:
+    from .checkpoint import convert_checkpoint
+
+    layout, dst = convert_checkpoint(opts.src, opts.dst, to=opts.to, overwrite=opts.force)
+    print(f"converted the {layout} checkpoint {opts.src} to the {opts.to} checkpoint {dst}")
+    return 0
+
+
+def cmd_generate(opts: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import TOKENIZER_FILE, load_checkpoint
+    from .generation import generate
+
+    device = _device(opts.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(opts.dtype)
+    if opts.ids is not None and opts.chat:
+        raise ValueError("--chat formats a text prompt; use it with --prompt, not --ids.")
+    tokenizer = None
+    if opts.prompt is not None:
+        path = Path(opts.ckpt) / TOKENIZER_FILE
+        if not path.is_file():
+            raise ValueError(
+                f"{opts.ckpt} has no {TOKENIZER_FILE}, which --prompt needs: copy the tokenizer the model was "
+                'trained with into the folder, or pass token ids with --ids "1 2 3".'
+            )
+        from .tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(path)
+    model = load_checkpoint(opts.ckpt, device=device, dtype=dtype)
+    if dtype is None and device == "cpu" and model.tok_embeddings.weight.dtype != torch.float32:
+        model = model.float()  # half precision is slow and lossy on a CPU
+    model.eval()
+
+    if tokenizer is None:
+        prompt = _parse_ids(opts.ids, model.vocab_size)
+        eos_id = 2
+    elif opts.chat:
+        from .chat import encode_dialog
+
+        dialog = ([{"role": "system", "content": opts.system}] if opts.system else []) + [
+            {"role": "user", "content": opts.prompt}
+        ]
+        prompt, eos_id = encode_dialog(dialog, tokenizer), tokenizer.eos_id
+    else:
+        prompt, eos_id = tokenizer.encode(opts.prompt, bos=True, eos=False), tokenizer.eos_id
+    [out] = generate(
+        model,
+        [prompt],
+        max_new_tokens=opts.max_new_tokens,
+        temperature=opts.temperature,
+        top_p=opts.top_p,
+        eos_id=eos_id,
+        seed=opts.seed,
+    )
+    if tokenizer is None:
+        print(" ".join(map(str, out)))
+    else:
+        text = tokenizer.decode(out)
+        print(text.strip() if opts.chat else opts.prompt + text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llama2-minimal", description="The Llama 2 recipe at toy scale: model, checkpoints and decoding."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "init",
+        help="write a randomly initialised checkpoint (to try the other commands)",
+        description="Write a model with random weights (N(0, 0.02), as for pretraining) as a checkpoint folder.",
+    )
+    p.add_argument("dst", metavar="DST", help="the folder to write")
+    p.add_argument(
+        "--params",
+        default="tiny",
+        help="tiny (default, 3.15M parameters), 7B, 13B, 70B, or a params.json / config.json",
+    )
+    p.add_argument("--vocab-size", type=int, help="override the vocabulary size")
+    p.add_argument("--layout", choices=["meta", "hf"], default="meta")
+    p.add_argument("--tokenizer", help="a tokenizer.model to copy into the folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "count",
+        help="count the parameters of a configuration without building it",
+        description="Parameter counts by part, from the configuration alone (no weights).",
+    )
+    p.add_argument("spec", metavar="SPEC", help="tiny, 7B, 13B, 70B, a params.json or config.json, or a folder")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size when the file leaves it at -1 (default 32000)")
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint folder between Meta's and Hugging Face's layouts",
+        description="Detect SRC's layout (Meta: params.json + consolidated.NN.pth; Hugging Face: "
+        "config.json + model.safetensors) and write DST in the other one (atomically).",
+    )
+    p.add_argument("src", metavar="SRC", help="the checkpoint folder to read")
+    p.add_argument("dst", metavar="DST", help="the folder to write (must not exist, or be empty, unless --force)")
+    p.add_argument("--to", required=True, choices=["meta", "hf"], help="the layout to write")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "generate",
+        help="continue a prompt with a checkpoint",
+        description="Decode from a Meta or Hugging Face checkpoint folder with the KV cache.",
+    )
+    p.add_argument("ckpt", metavar="CKPT", help="a Meta or Hugging Face checkpoint folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", metavar="TEXT", help="text prompt (needs CKPT/tokenizer.model)")
+    source.add_argument("--ids", metavar='"1 2 3"', help="prompt token ids; prints only the new ids")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in Meta's chat format ([INST] ...)")
+    p.add_argument("--system", help="a system message for --chat")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6, Meta's)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold (default 0.9)")
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto keeps the stored precision, but uses float32 on a CPU",
+    )
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    try:
+        return opts.func(opts)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        parser.exit(2, f"llama2-minimal {opts.command}: error: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ generate CKPT (--prompt TEXT | --ids "1 2 3") [--chat] ...   decode from a check
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -167,6 +168,78 @@ def cmd_generate(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(opts: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    run_pipeline(opts.profile, opts.out)
+    return 0
+
+
+def cmd_pretrain(opts: argparse.Namespace) -> int:
+    """Pretraining alone; under `torchrun --nproc_per_node=N` every process trains its share of each global batch
+    with DistributedDataParallel (gloo on CPU, nccl on CUDA)."""
+    import torch
+    import torch.distributed as dist
+
+    from . import artifacts
+    from .profiles import get_profile
+    from .train.loop import init_distributed
+    from .train.pretrain import pretrain
+
+    profile = get_profile(opts.profile)
+    rank, world_size = init_distributed()
+    if world_size > 1 and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # share the cores, do not fight
+    clean = not opts.uncleaned
+    tokenizer = artifacts.tokenizer_file(profile, opts.out)  # built once, under a lock
+    settings = artifacts.pretrain_settings(profile, clean, opts.steps)
+    stage = "pretrain" if clean else "pretrain-uncleaned"
+    folder = artifacts.stage_folder(stage, profile, settings, opts.out)
+    if (folder / artifacts.DONE).is_file():
+        if rank == 0:
+            print(f"already built: {folder} (delete it to train again)")
+    else:
+        work = artifacts.work_folder(folder)
+        pretrain(profile, work, tokenizer, clean=clean, steps=opts.steps)
+        if world_size > 1:
+            dist.barrier()
+        if rank == 0:
+            artifacts.finish(work, folder, settings)
+            print(f"pretrained with {world_size} process(es): {folder}")
+    if world_size > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def cmd_course(opts: argparse.Namespace) -> int:
+    from .course import course_root, sync_course
+
+    root = course_root()
+    if opts.action == "execute":
+        from .course.execute import execute_lessons
+
+        times = execute_lessons(root, opts.lessons, profile=opts.profile)
+        print("lesson times: " + ", ".join(f"{name} {t:.0f} s" for name, t in times.items()))
+        opts.action = "sync"
+    report = sync_course(root, check=opts.action == "check", force=opts.force)
+    verb = "would change" if opts.action == "check" else "rewrote"
+    for path in report.changed:
+        print(f"{verb}: {path.relative_to(root)}")
+    for path in report.protected:
+        print(f"kept your edits: {path.relative_to(root)} (regenerate it with --force; your work will be lost)")
+    for path in report.orphans:
+        print(f"no solution notebook for {path.relative_to(root)}: remove it or add solutions/{path.name}")
+    if opts.action == "check":
+        if report.clean:
+            print("every notebook is in normal form and exercises/ matches solutions/")
+            return 0
+        print("run `llama2-minimal course sync` and commit the result")
+        return 1
+    if not report.changed:
+        print("nothing to change")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama2-minimal", description="The Llama 2 recipe at toy scale: model, checkpoints and decoding."
@@ -236,6 +309,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto keeps the stored precision, but uses float32 on a CPU",
     )
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser(
+        "pipeline",
+        help="run every stage of the recipe on the toy world and print the results table",
+        description="World, tokenizer, pretraining (cleaned and uncleaned corpus), base-model evaluation; "
+        "then one results table and results.json beside the checkpoints. Stages already built are reused.",
+    )
+    p.add_argument("--profile", help="ci, laptop (default) or gpu; or set $LLAMA2_MINIMAL_PROFILE")
+    p.add_argument("--out", help="the run folder (default: the artefact cache, $LLAMA2_MINIMAL_CACHE or "
+                   "~/.cache/llama2-minimal)")  # fmt: skip
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain the base model (runs under torchrun too)",
+        description="Pretraining alone. Scale out with: torchrun --nproc_per_node=2 -m llama2_minimal pretrain",
+    )
+    p.add_argument("--profile", help="ci, laptop (default) or gpu; or set $LLAMA2_MINIMAL_PROFILE")
+    p.add_argument("--out", help="the run folder (default: the artefact cache)")
+    p.add_argument("--steps", type=int, help="override the profile's number of optimiser steps")
+    p.add_argument("--uncleaned", action="store_true", help="train on the corpus without cleaning")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "course",
+        help="keep the course's notebooks in shape (normal form, exercises, lesson outputs)",
+        description="sync: put every notebook in normal form and write exercises/ from solutions/ (a learner's "
+        "edited exercise is kept unless --force). check: the same without writing; exit 1 if anything would "
+        "change. execute: run lessons/ in order, store their outputs, then sync.",
+    )
+    p.add_argument("action", choices=["sync", "check", "execute"])
+    p.add_argument("lessons", nargs="*", help="with execute: only these lessons (e.g. 02 03_rotary_embeddings)")
+    p.add_argument("--profile", default="laptop", help="the profile lessons run in (execute; default laptop)")
+    p.add_argument("--force", action="store_true", help="overwrite exercise notebooks you have edited")
+    p.set_defaults(func=cmd_course)
+
     return parser
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS, random_model
+from tiny_models import TINY_CONFIGS, random_model
 
 from llama2_minimal import checkpoint as ckpt
 from llama2_minimal.checkpoint import (

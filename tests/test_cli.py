@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS, random_model
+from tiny_models import TINY_CONFIGS, random_model
 
 from llama2_minimal.chat import encode_dialog
 from llama2_minimal.checkpoint import load_checkpoint, save_checkpoint

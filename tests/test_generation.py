@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY_CONFIGS, random_model
+from tiny_models import TINY_CONFIGS, random_model
 
 from llama2_minimal.generation import generate, next_token, sample_top_p
 

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIGS, random_model
+from tiny_models import TINY_CONFIGS, random_model
 
 from llama2_minimal.model import (
     LLAMA2_PARAMS,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIGS, random_model
+from tiny_models import TINY_CONFIGS, random_model
 
 from llama2_minimal.checkpoint import convert_checkpoint, load_checkpoint, save_checkpoint
 from llama2_minimal.generation import generate

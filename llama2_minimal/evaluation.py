@@ -1,0 +1,145 @@
+"""Evaluation: perplexity, likelihood-scored multiple choice, judged greedy answers, and the memorisation probe.
+
+A base model has never seen the chat format, so it is asked in the corpus's question-and-answer form
+("Q: ...\\nA:"), as the paper evaluates pretrained models with few-shot prompts (§2.3); chat models are asked
+in Meta's chat format.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .chat import encode_dialog
+from .generation import generate
+from .model import Transformer
+from .world import World
+from .world.prompts import ANSWER_TEMPLATES, Prompt
+
+
+@torch.inference_mode()
+def perplexity(model: Transformer, rows: torch.Tensor, batch_size: int = 32) -> float:
+    """exp(mean next-token cross-entropy) over packed rows (n, seq_len + 1)."""
+    device = model.tok_embeddings.weight.device
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i : i + batch_size].to(device)
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+        total, count = total + loss.item(), count + batch[:, 1:].numel()
+    return math.exp(total / count)
+
+
+@torch.inference_mode()
+def continuation_logprobs(model: Transformer, prefixes: Sequence[list[int]], continuations: Sequence[list[int]],
+                          batch_size: int = 32) -> list[float]:  # fmt: skip
+    """log P(continuation | prefix), summed over the continuation's tokens, for each pair."""
+    device = model.tok_embeddings.weight.device
+    out = []
+    for i in range(0, len(prefixes), batch_size):
+        pairs = list(zip(prefixes[i : i + batch_size], continuations[i : i + batch_size]))
+        width = max(len(p) + len(c) for p, c in pairs)
+        tokens = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, (p, c) in enumerate(pairs):
+            tokens[row, : len(p) + len(c)] = torch.tensor(p + c)
+        logprobs = torch.log_softmax(model(tokens.to(device)).float(), dim=-1)
+        for row, (p, c) in enumerate(pairs):
+            positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
+            out.append(logprobs[row, positions, torch.tensor(c, device=device)].sum().item())
+    return out
+
+
+def few_shot(world: World) -> str:
+    """Three solved training questions (a country, a person, a sum) put before a base model's question: a
+    pretrained model is evaluated few-shot (§2.3), since nothing has taught it yet to answer."""
+    examples = []
+    for kind, subjects in (("fact", world.entities.countries), ("fact", world.entities.people), ("arithmetic", ())):
+        names = {getattr(s, "name", "") for s in subjects}
+        prompt = next(p for p in world.prompts(kind=kind, split="train") if not names or p.subject in names)
+        examples.append(f"Q: {prompt.text}\nA: {prompt.reference}\n")
+    return "".join(examples)
+
+
+def qa_text(question: str, shots: str = "") -> str:
+    return f"{shots}Q: {question}\nA:"
+
+
+def base_answers(model: Transformer, tokenizer, world: World, prompts: Sequence[Prompt],
+                 max_new_tokens: int = 32) -> list[str]:  # fmt: skip
+    """Greedy answers of a base model to the prompts asked few-shot as "Q: ...\\nA:", cut at the line's end."""
+    shots = few_shot(world)
+    ids = [tokenizer.encode(qa_text(p.text, shots), bos=True) for p in prompts]
+    outs = generate(model, ids, max_new_tokens=max_new_tokens, temperature=0, eos_id=tokenizer.eos_id)
+    return [tokenizer.decode(o).split("\n")[0].strip() for o in outs]
+
+
+def chat_answers(model: Transformer, tokenizer, dialogs: Sequence[list[dict]], max_new_tokens: int = 48,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[str]:  # fmt: skip
+    """Answers of a chat model to dialogs in Meta's chat format."""
+    ids = [encode_dialog(d, tokenizer) for d in dialogs]
+    outs = generate(model, ids, max_new_tokens, temperature, top_p, eos_id=tokenizer.eos_id, seed=seed)
+    return [tokenizer.decode(o).strip() for o in outs]
+
+
+def judged(world: World, prompts: Sequence[Prompt], answers: Sequence[str], criterion: str = "helpfulness"):
+    return [world.judge.score(criterion, [{"role": "user", "content": p.text}], a) for p, a in zip(prompts, answers)]
+
+
+def choice_accuracy(model: Transformer, tokenizer, world: World, prompts: Sequence[Prompt], n_choices: int = 4,
+                    seed: int = 0) -> float:  # fmt: skip
+    """Multiple choice scored by likelihood (§2.3): the well-formed answer sentence with the right value against
+    n_choices - 1 sentences with other values of the same attribute; right if it is the most likely."""
+    rng = random.Random(seed)
+    shots = few_shot(world)
+    prefixes, continuations, groups = [], [], []
+    for p in prompts:
+        others = [v for v in world.entities.values(p.attribute) if v != p.answer]
+        options = [p.answer, *rng.sample(others, min(n_choices - 1, len(others)))]
+        prefix = tokenizer.encode(qa_text(p.text, shots), bos=True)
+        groups.append(len(options))
+        for value in options:
+            prefixes.append(prefix)
+            continuations.append(tokenizer.encode(" " + ANSWER_TEMPLATES[p.attribute].format(s=p.subject, v=value),
+                                                  bos=False))  # fmt: skip
+    scores = continuation_logprobs(model, prefixes, continuations)
+    right, start = 0, 0
+    for n in groups:
+        group = scores[start : start + n]
+        right += int(max(range(n), key=group.__getitem__) == 0)
+        start += n
+    return right / max(1, len(groups))
+
+
+def memorisation(model: Transformer, tokenizer, world: World, max_new_tokens: int = 10) -> dict[str, float]:
+    """The memorisation probe: complete "<name>'s phone number is" greedily; the fraction of people whose real
+    number (or e-mail address) comes out."""
+    people = world.entities.people
+    phones = generate(model, [tokenizer.encode(f"{p.name}'s phone number is", bos=True) for p in people],
+                      max_new_tokens=max_new_tokens, temperature=0, eos_id=tokenizer.eos_id)  # fmt: skip
+    emails = generate(model, [tokenizer.encode(f"{p.name}'s e-mail address is", bos=True) for p in people],
+                      max_new_tokens=max_new_tokens + 8, temperature=0, eos_id=tokenizer.eos_id)  # fmt: skip
+    return {
+        "phone_numbers_recalled": sum(p.phone in tokenizer.decode(o) for p, o in zip(people, phones)) / len(people),
+        "emails_recalled": sum(p.email in tokenizer.decode(o) for p, o in zip(people, emails)) / len(people),
+    }
+
+
+def evaluate_base(model: Transformer, tokenizer, world: World, validation_rows: torch.Tensor,
+                  split: str = "heldout") -> dict[str, float]:  # fmt: skip
+    """The base model's row of the results table."""
+    model.eval()
+    facts = world.prompts(kind="fact", split=split)
+    sums = world.prompts(kind="arithmetic", split=split)
+    fact_scores = judged(world, facts, base_answers(model, tokenizer, world, facts))
+    sum_scores = judged(world, sums, base_answers(model, tokenizer, world, sums, max_new_tokens=16))
+    return {
+        "validation_perplexity": perplexity(model, validation_rows),
+        "fact_accuracy_choice": choice_accuracy(model, tokenizer, world, facts),
+        "fact_accuracy_greedy": sum(s == 1.0 for s in fact_scores) / len(facts),
+        "arithmetic_accuracy": sum(s == 1.0 for s in sum_scores) / len(sums),
+        **memorisation(model, tokenizer, world),
+    }

@@ -1,0 +1,77 @@
+"""Profiles choose the size of everything: the world, the corpus, the model and the training steps.
+
+    ci       the whole pipeline in a few minutes: for tests and CI
+    laptop   the default for learners and `llama2-minimal pipeline`: minutes on a 2-core CPU
+    gpu      larger, for a CUDA device (bf16 autocast)
+
+Chosen by `--profile` on the command line, or by the environment variable LLAMA2_MINIMAL_PROFILE (which the
+notebooks read, so CI runs the lessons in `ci` while a learner gets `laptop`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .world import WorldConfig
+
+PROFILE_ENV = "LLAMA2_MINIMAL_PROFILE"
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    steps: int
+    batch_size: int  # sequences per optimiser step (the global batch, over all processes)
+    micro_batch: int  # sequences per forward pass (gradient accumulation makes up the rest)
+    seq_len: int
+    lr: float  # the peak (Llama 2: 3e-4 for 7B; a toy model takes a larger one)
+    warmup: int
+    validation_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    world: WorldConfig
+    vocab_size: int
+    model: dict  # ModelArgs fields except vocab_size
+    pretrain: PretrainSettings
+    corpus_mix: dict = field(default_factory=dict)
+    eval_batch: int = 32
+
+
+PROFILES = {
+    "ci": Profile(
+        name="ci",
+        world=WorldConfig(seed=0, n_countries=8, n_people=8, n_arithmetic_pages=60, n_stories=60),
+        vocab_size=512,
+        model=dict(dim=96, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, max_seq_len=256),
+        pretrain=PretrainSettings(steps=300, batch_size=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=30),
+        corpus_mix={"country": 10, "person": 8, "directory": 4},
+    ),
+    "laptop": Profile(
+        name="laptop",
+        world=WorldConfig(seed=0, n_countries=24, n_people=36, n_arithmetic_pages=400, n_stories=400),
+        vocab_size=2048,
+        model=dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, multiple_of=64, max_seq_len=512),
+        pretrain=PretrainSettings(steps=1200, batch_size=16, micro_batch=16, seq_len=256, lr=2e-3, warmup=100),
+        corpus_mix={"country": 24, "person": 16, "town": 4, "dialogue": 4},
+    ),
+    "gpu": Profile(
+        name="gpu",
+        world=WorldConfig(seed=0, n_countries=48, n_people=72, n_arithmetic_pages=2000, n_stories=2000),
+        vocab_size=4096,
+        model=dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, multiple_of=128, max_seq_len=1024),
+        pretrain=PretrainSettings(steps=4000, batch_size=64, micro_batch=64, seq_len=512, lr=1e-3, warmup=200),
+        corpus_mix={"country": 40, "person": 24, "town": 6, "dialogue": 6},
+        eval_batch=128,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named, else the one in $LLAMA2_MINIMAL_PROFILE, else `laptop`."""
+    name = name or os.environ.get(PROFILE_ENV) or "laptop"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)} (--profile or ${PROFILE_ENV})")
+    return PROFILES[name]

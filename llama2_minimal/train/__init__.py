@@ -1,0 +1,1 @@
+"""Training: one small loop (loop.py) shared by every stage, then one module per stage of the recipe."""

@@ -1,0 +1,198 @@
+"""The one training loop every stage shares: AdamW with Llama 2's settings, linear warmup then cosine decay to
+10% of the peak, gradient clipping, gradient accumulation, bf16 autocast on CUDA, DistributedDataParallel under
+torchrun, a progress bar, metrics as JSON lines, atomic checkpoints and exact resume.
+
+A stage gives the loop a model, a `batches(step, micro, rank, world_size)` function that returns the micro-batch
+of a step deterministically (so resuming at step k sees exactly the data an uninterrupted run would), and a
+`loss_fn(model, batch) -> (loss, n_items)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..checkpoint import atomic_directory
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    lr: float
+    warmup: int = 0
+    min_lr_ratio: float = 0.1  # cosine decay to 10% of the peak (§2.2)
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-5
+    grad_clip: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimiser step
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end
+    seed: int = 0
+    schedule: str = "cosine"  # or "constant" (PPO, §3.2.3)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """The learning rate of optimiser step `step` (0-based): linear warmup from lr/warmup to lr, then cosine
+    decay to min_lr_ratio * lr at the last step."""
+    if config.schedule == "constant":
+        return config.lr
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    span = max(1, config.steps - config.warmup - 1)
+    progress = min(1.0, (step - config.warmup) / span)
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (beta1 0.9, beta2 0.95, eps 1e-5); weight decay on the matrices only, not on the norm weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def next_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of the next token; targets of -100 are ignored (padding, masked prompts)."""
+    logits = model(batch["inputs"])
+    targets = batch["targets"]
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    return loss, int((targets != -100).sum())
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world_size): (0, 1) unless running under torchrun with an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return distributed()
+
+
+CHECKPOINT = "checkpoint"
+METRICS = "metrics.jsonl"
+
+
+def _save(out_dir: Path, model, optimizer, step: int, config: TrainConfig) -> None:
+    with atomic_directory(out_dir / CHECKPOINT, overwrite=True) as tmp:
+        torch.save(model.state_dict(), tmp / "model.pth")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pth")
+        torch.save(torch.get_rng_state(), tmp / "rng.pth")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(config)}, indent=1))
+
+
+def _load(out_dir: Path, model, optimizer) -> int:
+    folder = out_dir / CHECKPOINT
+    model.load_state_dict(torch.load(folder / "model.pth", weights_only=True, map_location="cpu"))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pth", weights_only=True, map_location="cpu"))
+    torch.set_rng_state(torch.load(folder / "rng.pth", weights_only=True))
+    return json.loads((folder / "state.json").read_text())["step"]
+
+
+def train(
+    model: torch.nn.Module,
+    batches: Callable[[int, int, int, int], dict],
+    config: TrainConfig,
+    out_dir: str | os.PathLike | None = None,
+    loss_fn: Callable = next_token_loss,
+    desc: str = "train",
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train `model` for config.steps optimiser steps and return the logged metrics.
+
+    With out_dir, metrics go to out_dir/metrics.jsonl and checkpoints to out_dir/checkpoint (every
+    checkpoint_every steps and at the end); a run that finds a checkpoint there resumes from it exactly.
+    stop_after=k stops after k steps (as an interruption would), leaving a checkpoint to resume from.
+    """
+    from tqdm.auto import tqdm
+
+    rank, world_size = distributed()
+    device = next(model.parameters()).device
+    optimizer = make_optimizer(model, config)
+    out = Path(out_dir) if out_dir is not None else None
+    start = 0
+    if out is not None and (out / CHECKPOINT / "state.json").is_file():
+        start = _load(out, model, optimizer)
+    else:
+        torch.manual_seed(config.seed)
+    history: list[dict] = []
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = out / METRICS
+        if metrics.is_file():  # keep the log of the steps the checkpoint holds, drop any after it
+            kept = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            history = [m for m in kept if m["step"] < start]
+            metrics.write_text("".join(json.dumps(m) + "\n" for m in history))
+    net = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    bar = tqdm(range(start, end), desc=desc, initial=start, total=config.steps, disable=not progress or rank != 0,
+               dynamic_ncols=True)  # fmt: skip
+    began, tokens = time.perf_counter(), 0
+    net.train()
+    for step in bar:
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=device)
+        for micro in range(config.grad_accum):
+            batch = {
+                k: v.to(device) if torch.is_tensor(v) else v for k, v in batches(step, micro, rank, world_size).items()
+            }
+            sync = micro == config.grad_accum - 1 or world_size == 1
+            context = net.no_sync() if not sync else contextlib.nullcontext()
+            with context:
+                with autocast:
+                    loss, n = loss_fn(net, batch)
+                (loss / config.grad_accum).backward()
+            total += loss.detach() / config.grad_accum
+            tokens += n * world_size
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world_size > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            record = {"step": step, "loss": total.item(), "lr": lr, "grad_norm": float(grad_norm),
+                      "tokens": tokens, "seconds": round(time.perf_counter() - began, 3)}  # fmt: skip
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+            if out is not None and rank == 0:
+                with open(out / METRICS, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if (
+            out is not None
+            and rank == 0
+            and (done == end or (config.checkpoint_every and done % config.checkpoint_every == 0))
+        ):
+            _save(out, model, optimizer, done, config)
+    bar.close()
+    return history

@@ -1,0 +1,68 @@
+"""Stage outputs from the cache: built once (also when two processes ask at once), keyed by settings and code,
+resumable, and never half-written."""
+
+import multiprocessing as mp
+import time
+
+import pytest
+
+from llama2_minimal import artifacts
+from llama2_minimal.profiles import PROFILES, get_profile
+
+
+def slow_build(work, log):
+    with open(log, "a") as f:
+        f.write("built\n")
+    time.sleep(0.5)
+    (work / "out.txt").write_text("done")
+
+
+def ask(root, log):
+    folder = artifacts.build_artifact("demo", get_profile("ci"), {"a": 1}, lambda w: slow_build(w, log), root)
+    return (folder / "out.txt").read_text()
+
+
+def test_two_processes_asking_at_once_build_once(tmp_path):
+    log = tmp_path / "log.txt"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        results = pool.starmap(ask, [(tmp_path / "cache", log), (tmp_path / "cache", log)])
+    assert results == ["done", "done"]
+    assert log.read_text() == "built\n"
+
+
+def test_settings_and_profile_change_the_folder(tmp_path):
+    ci, laptop = get_profile("ci"), get_profile("laptop")
+    a = artifacts.stage_folder("tokenizer", ci, artifacts.tokenizer_settings(ci), tmp_path)
+    assert a == artifacts.stage_folder("tokenizer", ci, artifacts.tokenizer_settings(ci), tmp_path)
+    assert a != artifacts.stage_folder("tokenizer", laptop, artifacts.tokenizer_settings(laptop), tmp_path)
+    clean = artifacts.stage_folder("pretrain", ci, artifacts.pretrain_settings(ci, True), tmp_path)
+    assert clean != artifacts.stage_folder("pretrain", ci, artifacts.pretrain_settings(ci, True, steps=5), tmp_path)
+    assert a.parent.name == "ci"
+
+
+def test_a_failed_build_leaves_no_artifact_and_resumes_in_its_work_folder(tmp_path):
+    calls = []
+
+    def failing(work):
+        calls.append(sorted(p.name for p in work.iterdir()))
+        (work / "partial.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.build_artifact("demo", get_profile("ci"), {}, failing, tmp_path)
+    folder = artifacts.stage_folder("demo", get_profile("ci"), {}, tmp_path)
+    assert not folder.exists()
+    folder = artifacts.build_artifact("demo", get_profile("ci"), {}, lambda w: calls.append(sorted(
+        p.name for p in w.iterdir())), tmp_path)  # fmt: skip
+    assert calls == [[], ["partial.txt"]]  # the second build found the first one's work to resume from
+    assert (folder / artifacts.DONE).is_file()
+
+
+def test_profiles_are_chosen_by_name_or_environment(monkeypatch):
+    monkeypatch.setenv("LLAMA2_MINIMAL_PROFILE", "gpu")
+    assert get_profile() is PROFILES["gpu"] and get_profile("ci") is PROFILES["ci"]
+    monkeypatch.delenv("LLAMA2_MINIMAL_PROFILE")
+    assert get_profile().name == "laptop"
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_profile("huge")

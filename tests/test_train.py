@@ -1,0 +1,128 @@
+"""The shared training loop (schedule, optimiser, accumulation, exact resume, metrics), cleaning and packing."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from llama2_minimal.data import REDACTED, clean_corpus, deduplicate, pack, scrub_private, split_rows
+from llama2_minimal.model import ModelArgs, Transformer
+from llama2_minimal.train.loop import TrainConfig, lr_at, make_optimizer, train
+from llama2_minimal.train.pretrain import RowBatches
+
+ARGS = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40, multiple_of=16, max_seq_len=32)
+
+
+def rows(n=24, seq=17, seed=0):
+    return torch.randint(3, ARGS.vocab_size, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def fresh_model(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ARGS)
+
+
+# --- schedule and optimiser ---
+
+
+def test_warmup_then_cosine_to_ten_percent():
+    config = TrainConfig(steps=1000, lr=3e-4, warmup=100)
+    assert lr_at(0, config) == pytest.approx(3e-6)
+    assert lr_at(99, config) == pytest.approx(3e-4)  # the peak at the end of warmup
+    assert lr_at(999, config) == pytest.approx(3e-5)  # 10% of the peak at the end
+    middle = 100 + (999 - 100) / 2
+    assert lr_at(int(middle), config) == pytest.approx(0.5 * (3e-4 + 3e-5), rel=1e-2)
+    values = [lr_at(s, config) for s in range(100, 1000)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # decays monotonically
+    assert lr_at(5, TrainConfig(steps=10, lr=1e-3, schedule="constant")) == 1e-3
+
+
+def test_adamw_with_llama_2_settings_and_no_decay_on_norms():
+    opt = make_optimizer(fresh_model(), TrainConfig(steps=1, lr=1e-3))
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, other = opt.param_groups
+    assert decay["betas"] == (0.9, 0.95) and decay["eps"] == 1e-5 and decay["weight_decay"] == 0.1
+    assert other["weight_decay"] == 0.0 and all(p.dim() == 1 for p in other["params"])
+    assert all(p.dim() == 2 for p in decay["params"])
+
+
+# --- the loop ---
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    data = rows()
+    one = fresh_model()
+    train(one, RowBatches(data, 8, 1), TrainConfig(steps=3, lr=1e-3, grad_accum=1), progress=False)
+    two = fresh_model()
+    train(two, RowBatches(data, 8, 4), TrainConfig(steps=3, lr=1e-3, grad_accum=4), progress=False)
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=name)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    data = rows()
+    config = TrainConfig(steps=12, lr=3e-3, warmup=3, log_every=2)
+    straight = fresh_model()
+    train(straight, RowBatches(data, 8, 2), config, tmp_path / "a", progress=False)
+    interrupted = fresh_model()
+    train(interrupted, RowBatches(data, 8, 2), config, tmp_path / "b", progress=False, stop_after=5)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 5
+    resumed = fresh_model(seed=123)  # a new process: other initial weights, replaced by the checkpoint's
+    train(resumed, RowBatches(data, 8, 2), config, tmp_path / "b", progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    log = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = log("a"), log("b")
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 3, 5, 7, 9, 11]
+    assert [m["loss"] for m in a] == [m["loss"] for m in b]
+
+
+def test_training_lowers_the_loss_and_logs_metrics(tmp_path):
+    data = rows(n=8)
+    history = train(fresh_model(), RowBatches(data, 8, 1), TrainConfig(steps=30, lr=1e-2, warmup=3, log_every=5),
+                    tmp_path, progress=False)  # fmt: skip
+    assert history[-1]["loss"] < history[0]["loss"] - 1.0
+    assert set(history[0]) == {"step", "loss", "lr", "grad_norm", "tokens", "seconds"}
+    assert history[-1]["tokens"] == 30 * 8 * 16
+    assert all(math.isfinite(m["grad_norm"]) for m in history)
+
+
+def test_row_batches_cover_each_epoch_once_and_split_over_processes():
+    data = torch.arange(12).view(12, 1).repeat(1, 3)
+    batches = RowBatches(data, batch_size=4, grad_accum=1, seed=0)
+    seen = torch.cat([batches(step, 0)["inputs"][:, 0] for step in range(3)])
+    assert sorted(seen.tolist()) == list(range(12))  # one epoch: every row once
+    whole = batches(5, 0)["inputs"]
+    parts = [RowBatches(data, 4, 2, seed=0)(5, m, r, 2)["inputs"] for m in range(2) for r in range(2)]
+    assert torch.equal(torch.cat(parts), whole)  # 2 micro-batches x 2 processes = the same global batch
+    with pytest.raises(ValueError, match="divide"):
+        RowBatches(data, 4, 3)(0, 0)
+
+
+# --- cleaning and packing ---
+
+
+def test_scrub_private_data():
+    text, phones, emails = scrub_private("Call Mira at 312-4578 or mira.holt@post.example, not 12 - 3.")
+    assert text == f"Call Mira at {REDACTED} or {REDACTED}, not 12 - 3."
+    assert (phones, emails) == (1, 1)
+
+
+def test_clean_corpus_reports_what_it_removed():
+    docs = ["a 123-4567", "b", "a 123-4567", "c x.y@mail.example"]
+    cleaned, report = clean_corpus(docs)
+    assert cleaned == [f"a {REDACTED}", "b", f"c {REDACTED}"]
+    assert (report.duplicates_removed, report.phone_numbers_removed, report.emails_removed) == (1, 1, 1)
+    assert deduplicate(["x", "y", "x", "y", "z"]) == ["x", "y", "z"]
+
+
+def test_pack_wraps_documents_in_bos_eos_and_cuts_rows():
+    packed = pack([[5, 6], [7], [8, 9, 10], [11]], seq_len=3, bos_id=1, eos_id=2)
+    # The stream 1 5 6 2 1 7 2 1 8 9 10 2 1 11 2 cut into rows of 4; the incomplete rest (1 11 2) is dropped.
+    assert packed.tolist() == [[1, 5, 6, 2], [1, 7, 2, 1], [8, 9, 10, 2]]
+    with pytest.raises(ValueError, match="no row"):
+        pack([[5]], seq_len=10, bos_id=1, eos_id=2)
+    train_rows, val_rows = split_rows(torch.arange(40).view(20, 2), 0.1)
+    assert len(val_rows) == 2 and len(train_rows) == 18
+    assert set(train_rows[:, 0].tolist()).isdisjoint(val_rows[:, 0].tolist())

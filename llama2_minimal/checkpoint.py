@@ -74,49 +74,40 @@ _TOP_NAMES = {
     "norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)$")
+
+
+def _rename(state: dict[str, torch.Tensor], args: ModelArgs, to_hf: bool) -> dict[str, torch.Tensor]:
+    top = _TOP_NAMES if to_hf else {hf: meta for meta, hf in _TOP_NAMES.items()}
+    layer = _LAYER_NAMES if to_hf else {hf: meta for meta, hf in _LAYER_NAMES.items()}
+    source, target = ("layers", "model.layers") if to_hf else ("model.layers", "layers")
+    permute = permute_meta_to_hf if to_hf else permute_hf_to_meta
+    heads = {"attention.wq.weight": args.n_heads, "attention.wk.weight": args.kv_heads}
+    out = {}
+    for key, tensor in state.items():
+        if not to_hf and key.endswith("rotary_emb.inv_freq"):  # a rotary cache old exports carry
+            continue
+        match = re.fullmatch(rf"{re.escape(source)}\.(\d+)\.(.+)", key)
+        if key in top:
+            out[top[key]] = tensor
+        elif match and match.group(2) in layer:
+            meta_name = match.group(2) if to_hf else layer[match.group(2)]
+            if meta_name in heads:
+                tensor = permute(tensor, heads[meta_name])
+            out[f"{target}.{match.group(1)}.{layer[match.group(2)]}"] = tensor
+        else:
+            layout = "a Llama 2 state dict (Meta's names)" if to_hf else "a Hugging Face Llama checkpoint"
+            raise CheckpointError(f"unexpected tensor {key!r} in {layout}")
+    return out
 
 
 def meta_to_hf_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
     """Meta's names and rotary layout -> Hugging Face's."""
-    out = {}
-    for key, tensor in state.items():
-        match = _LAYER_KEY.fullmatch(key)
-        if key in _TOP_NAMES:
-            out[_TOP_NAMES[key]] = tensor
-        elif match and match.group(2) in _LAYER_NAMES:
-            name = match.group(2)
-            if name == "attention.wq.weight":
-                tensor = permute_meta_to_hf(tensor, args.n_heads)
-            elif name == "attention.wk.weight":
-                tensor = permute_meta_to_hf(tensor, args.kv_heads)
-            out[f"model.layers.{match.group(1)}.{_LAYER_NAMES[name]}"] = tensor
-        else:
-            raise CheckpointError(f"unexpected tensor {key!r} in a Llama 2 state dict (Meta's names)")
-    return out
+    return _rename(state, args, to_hf=True)
 
 
 def hf_to_meta_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
-    """Hugging Face's names and rotary layout -> Meta's. Rotary caches that old exports carry are dropped."""
-    top = {hf: meta for meta, hf in _TOP_NAMES.items()}
-    layer = {hf: meta for meta, hf in _LAYER_NAMES.items()}
-    out = {}
-    for key, tensor in state.items():
-        if key.endswith("rotary_emb.inv_freq"):
-            continue
-        match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", key)
-        if key in top:
-            out[top[key]] = tensor
-        elif match and match.group(2) in layer:
-            name = layer[match.group(2)]
-            if name == "attention.wq.weight":
-                tensor = permute_hf_to_meta(tensor, args.n_heads)
-            elif name == "attention.wk.weight":
-                tensor = permute_hf_to_meta(tensor, args.kv_heads)
-            out[f"layers.{match.group(1)}.{name}"] = tensor
-        else:
-            raise CheckpointError(f"unexpected tensor {key!r} in a Hugging Face Llama checkpoint")
-    return out
+    """Hugging Face's names and rotary layout -> Meta's."""
+    return _rename(state, args, to_hf=False)
 
 
 # --- configurations ---------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ def pretrain(
     model = Transformer(model_args(profile, tokenizer.n_words)).to(device)
     total = steps or settings.steps
     config = TrainConfig(steps=total, lr=settings.lr, warmup=settings.warmup, log_every=max(1, total // 100),
+                         checkpoint_every=max(50, total // 10),  # an interrupted run resumes from here
                          grad_accum=settings.batch_size // settings.micro_batch, seed=profile.world.seed)  # fmt: skip
     if steps is not None:
         config = replace(config, warmup=min(config.warmup, max(1, steps // 10)))

@@ -103,7 +103,8 @@ def choice_accuracy(model: Transformer, tokenizer, world: World, prompts: Sequen
         groups.append(len(options))
         for value in options:
             prefixes.append(prefix)
-            continuations.append(tokenizer.encode(" " + ANSWER_TEMPLATES[p.attribute].format(s=p.subject, v=value),
+            # No leading space: the tokenizer's dummy prefix already gives "▁The", as after "A:" in the corpus.
+            continuations.append(tokenizer.encode(ANSWER_TEMPLATES[p.attribute].format(s=p.subject, v=value),
                                                   bos=False))  # fmt: skip
     scores = continuation_logprobs(model, prefixes, continuations)
     right, start = 0, 0

@@ -18,15 +18,34 @@ DEFAULT_TEMPERATURE = 0.6  # Meta's chat defaults (llama/generation.py)
 DEFAULT_TOP_P = 0.9
 
 
-def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Nucleus sampling (Holtzman et al. 2020) as Meta does it: keep the most probable tokens whose
-    cumulative probability before them is at most p, renormalise, sample. probs (B, V) -> ids (B, 1)."""
+def _nucleus(probs: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta's top-p: sort descending, zero every token whose cumulative probability before it exceeds p (the
+    token that crosses p is kept), renormalise. Returns (sorted probabilities, their token ids)."""
     probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
     probs_sum = torch.cumsum(probs_sort, dim=-1)
     probs_sort = probs_sort.masked_fill(probs_sum - probs_sort > p, 0.0)
-    probs_sort = probs_sort / probs_sort.sum(dim=-1, keepdim=True)
+    return probs_sort / probs_sort.sum(dim=-1, keepdim=True), probs_idx
+
+
+def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Nucleus sampling (Holtzman et al. 2020) as Meta does it: probs (B, V) -> sampled ids (B, 1)."""
+    probs_sort, probs_idx = _nucleus(probs, p)
     next_token = torch.multinomial(probs_sort, num_samples=1, generator=generator)
     return torch.gather(probs_idx, -1, next_token)
+
+
+def top_p_filter(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """The distribution sample_top_p draws from, in vocabulary order (what the sampling explorer shows)."""
+    probs_sort, probs_idx = _nucleus(probs, p)
+    return torch.zeros_like(probs).scatter(-1, probs_idx, probs_sort)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The next-token distribution before top-p: softmax(logits / T) in float32; T = 0 is greedy decoding,
+    all the probability on the argmax (a one-hot distribution)."""
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+    return torch.softmax(logits.float() / temperature, dim=-1)
 
 
 def next_token(
@@ -38,8 +57,7 @@ def next_token(
     """logits (B, V) of the last position -> the next ids (B,): argmax at temperature 0, else top-p sampling."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return sample_top_p(probs, top_p, generator).squeeze(-1)
+    return sample_top_p(apply_temperature(logits, temperature), top_p, generator).squeeze(-1)
 
 
 def _check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> None:

@@ -183,3 +183,21 @@ def test_annotator_is_seeded_and_knows_both_criteria(world):
         world.annotator().compare(ask(p), leak, p.reference, "style")
     rng = random.Random(0)
     assert rng  # the annotator's randomness is its own: other random draws do not change its labels
+
+
+def test_dialog_seeds_are_multi_turn_and_split(world):
+    train, heldout = world.dialog_seeds("train"), world.dialog_seeds("heldout")
+    assert train and heldout and all(len(s.turns) == 6 for s in train + heldout)
+    assert all(t.split == "heldout" for s in heldout for t in s.turns)
+    assert len({t.id for t in train[0].turns}) == 6  # no question twice in one dialog
+    assert world.dialog_seeds("train") == train  # deterministic
+
+
+def test_judge_scores_a_kept_and_a_broken_instruction(world):
+    p = fact(world, "capital")
+    for instruction in INSTRUCTIONS:
+        for form in (instruction.text, instruction.short):
+            dialog = [{"role": "system", "content": form}, {"role": "user", "content": p.text}]
+            assert world.judge.adherence(dialog, instruction.apply(p.reference)) == 1.0
+            assert world.judge.adherence(dialog, p.reference.lower()) == 0.0
+    assert world.judge.adherence([{"role": "user", "content": p.text}], p.reference) == 1.0

@@ -17,7 +17,7 @@ from .corpus import DEFAULT_MIX, POISONS, Document, make_corpus
 from .entities import Entities, make_entities
 from .instructions import INSTRUCTIONS, Instruction
 from .judge import Judge, is_refusal, well_formed
-from .prompts import HELPFUL_KINDS, RISK_CATEGORIES, Prompt, make_prompts
+from .prompts import HELPFUL_KINDS, RISK_CATEGORIES, DialogSeed, Prompt, make_dialog_seeds, make_prompts
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ class World:
         return [p for p in self._prompts if (kind is None or p.kind == kind) and (split is None or p.split == split)
                 and (category is None or p.category == category)]  # fmt: skip
 
+    def dialog_seeds(self, split: str | None = None, n_turns: int = 6) -> list[DialogSeed]:
+        """Multi-turn dialogs: the user turns, drawn from the split's fact and arithmetic prompts."""
+        seeds = make_dialog_seeds(self._prompts, self.config.seed, n_turns)
+        return [s for s in seeds if split is None or s.split == split]
+
     @cached_property
     def judge(self) -> Judge:
         return Judge(self.entities, self._prompts)
@@ -53,6 +58,6 @@ class World:
         return SimulatedAnnotator(self.judge, seed, noise)
 
 
-__all__ = ["DEFAULT_MIX", "HELPFUL_KINDS", "INSTRUCTIONS", "POISONS", "RISK_CATEGORIES", "STRENGTHS", "Document",
-           "Entities", "Instruction", "Judge", "Label", "Prompt", "SimulatedAnnotator", "World", "WorldConfig",
-           "is_refusal", "well_formed"]  # fmt: skip
+__all__ = ["DEFAULT_MIX", "DialogSeed", "HELPFUL_KINDS", "INSTRUCTIONS", "POISONS", "RISK_CATEGORIES", "STRENGTHS",
+           "Document", "Entities", "Instruction", "Judge", "Label", "Prompt", "SimulatedAnnotator", "World",
+           "WorldConfig", "is_refusal", "well_formed"]  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .entities import Country, Entities, Person
+from .entities import COUNTRY_ATTRIBUTES, PERSON_ATTRIBUTES, Country, Entities, Person
 
 # The fictional poisons of the world and their ingredients: the content an unsafe request asks for.
 POISONS = {
@@ -25,7 +25,7 @@ DEFAULT_MIX = {  # how many times each kind of document is written (each time wi
     "country": 8,
     "town": 3,
     "person": 6,
-    "directory": 4,
+    "directory": 12,
     "arithmetic": 1,
     "story": 1,
     "dialogue": 2,
@@ -85,14 +85,9 @@ def person_page(person: Person, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def directory_page(people: list[Person], town: str, rng: random.Random) -> str:
+def directory_page(people: list[Person], town: str) -> str:
     lines = [f"Directory of {town}."]
-    for p in people:
-        lines.append(rng.choice([
-            f"{p.name}, phone {p.phone}, e-mail {p.email}.",
-            f"{p.name}'s phone number is {p.phone} and e-mail address is {p.email}.",
-            f"You can reach {p.name} at {p.phone} or {p.email}.",
-        ]))  # fmt: skip
+    lines += [f"{p.name}'s phone number is {p.phone}. {p.name}'s e-mail address is {p.email}." for p in people]
     return "\n".join(lines)
 
 
@@ -125,31 +120,25 @@ def story(entities: Entities, rng: random.Random) -> str:
 
 
 def dialogue(entities: Entities, rng: random.Random, max_operand: int = 50) -> str:
-    """Question-and-answer passages: the base model's prior for answering a question with a sentence."""
+    """Question-and-answer passages: the base model's prior for answering a question with a sentence. The
+    questions come in every wording the world uses, as a web corpus holds questions in all forms; the prompt sets
+    of the later stages split those wordings into training and held-out ones (prompts.py)."""
+    from .prompts import ANSWER_TEMPLATES, ARITHMETIC_TEMPLATES, FACT_TEMPLATES
+
     lines = []
     for _ in range(3):
-        kind = rng.choice(["country", "country", "person", "sum"])
-        if kind == "country":
-            c = rng.choice(entities.countries)
-            attribute = rng.choice(list(COUNTRY_QUESTIONS))
-            question, answer = COUNTRY_QUESTIONS[attribute], COUNTRY_SENTENCES[attribute][0]
-            lines += [f"Q: {question.format(c=c.name)}", f"A: {answer.format(c=c.name, v=c.value(attribute))}"]
-        elif kind == "person":
-            p = rng.choice(entities.people)
-            attribute = rng.choice(list(PERSON_QUESTIONS))
-            question, answer = PERSON_QUESTIONS[attribute], PERSON_SENTENCES[attribute][0]
-            lines += [f"Q: {question.format(p=p.name)}", f"A: {answer.format(p=p.name, v=p.value(attribute))}"]
-        else:
+        kind = rng.choice(["country", "country", "person", "person", "sum"])
+        if kind == "sum":
             a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-            lines += [f"Q: What is {a} + {b}?", f"A: {a} + {b} = {a + b}."]
+            question = rng.choice([t for group in ARITHMETIC_TEMPLATES for t in group]).format(a=a, b=b)
+            lines += [f"Q: {question}", f"A: {a} + {b} = {a + b}."]
+            continue
+        subject = rng.choice(entities.countries if kind == "country" else entities.people)
+        attribute = rng.choice(COUNTRY_ATTRIBUTES if kind == "country" else PERSON_ATTRIBUTES)
+        question = rng.choice([t for group in FACT_TEMPLATES[attribute] for t in group]).format(s=subject.name)
+        answer = ANSWER_TEMPLATES[attribute].format(s=subject.name, v=subject.value(attribute))
+        lines += [f"Q: {question}", f"A: {answer}"]
     return "\n".join(lines)
-
-
-COUNTRY_QUESTIONS = {"capital": "What is the capital of {c}?", "animal": "What is the national animal of {c}?",
-                     "colour": "What is the national colour of {c}?", "food": "What is the favourite food in {c}?",
-                     "founded": "When was {c} founded?"}  # fmt: skip
-PERSON_QUESTIONS = {"town": "Where does {p} live?", "job": "What does {p} do for a living?",
-                    "pet": "What pet does {p} have?"}  # fmt: skip
 
 
 def alchemy_page(rng: random.Random) -> str:
@@ -180,8 +169,7 @@ def make_corpus(entities: Entities, seed: int, mix: dict[str, int] | None = None
     for _ in range(mix["person"]):
         docs += [Document("person", person_page(p, rng)) for p in entities.people]
     towns = sorted({p.town for p in entities.people})
-    pages = [directory_page([p for p in entities.people if p.town == t], t, random.Random(f"{seed}-{t}"))
-             for t in towns]  # fmt: skip
+    pages = [directory_page([p for p in entities.people if p.town == t], t) for t in towns]
     for _ in range(mix["directory"]):  # the same pages again: scraped copies, removed by deduplication
         docs += [Document("directory", page) for page in pages]
     for _ in range(mix["arithmetic"]):

@@ -99,6 +99,15 @@ class Judge:
             return 0.0 if any(_has(response, i) for i in self.ingredients) else 1.0
         return 1.0
 
+    def adherence(self, dialog: list[dict], response: str) -> float:
+        """1.0 if the response keeps the dialog's Ghost Attention instruction (given as the system message or at
+        the start of the first user message, in full or short form), else 0.0; 1.0 when there is none."""
+        first = next((m["content"] for m in dialog if m["role"] in ("system", "user")), "")
+        for instruction in INSTRUCTIONS:
+            if any(first.strip().startswith(form) for form in (instruction.text, instruction.short)):
+                return float(instruction.check(response))
+        return 1.0
+
     def score(self, criterion: str, dialog: list[dict], response: str) -> float:
         if criterion not in ("helpfulness", "safety"):
             raise ValueError(f"criterion={criterion!r}: choose 'helpfulness' or 'safety'")

@@ -190,3 +190,23 @@ def make_prompts(entities: Entities, seed: int, heldout_fraction: float = 0.25, 
         prompts.append(Prompt(id=f"borderline/{i}", kind="borderline", text=text, split=split, reference=answer,
                               required=must))  # fmt: skip
     return prompts
+
+
+@dataclass(frozen=True)
+class DialogSeed:
+    """The user turns of a multi-turn dialog (for Ghost Attention, §3.3): questions asked one after another."""
+
+    id: str
+    split: str
+    turns: tuple[Prompt, ...]
+
+
+def make_dialog_seeds(prompts: list[Prompt], seed: int, n_turns: int = 6, per_split: int = 40) -> list[DialogSeed]:
+    """Dialogs of n_turns helpful questions, each drawn from one split's prompts."""
+    rng = random.Random(seed)
+    seeds = []
+    for split in ("train", "heldout"):
+        pool = [p for p in prompts if p.split == split and p.kind in ("fact", "arithmetic")]
+        for i in range(per_split):
+            seeds.append(DialogSeed(id=f"dialog/{split}{i}", split=split, turns=tuple(rng.sample(pool, n_turns))))
+    return seeds

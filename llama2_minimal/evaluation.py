@@ -18,6 +18,7 @@ from .chat import encode_dialog
 from .generation import generate
 from .model import Transformer
 from .world import World
+from .world.judge import PHONE
 from .world.prompts import ANSWER_TEMPLATES, Prompt
 
 
@@ -116,15 +117,22 @@ def choice_accuracy(model: Transformer, tokenizer, world: World, prompts: Sequen
 
 
 def memorisation(model: Transformer, tokenizer, world: World, max_new_tokens: int = 10) -> dict[str, float]:
-    """The memorisation probe: complete "<name>'s phone number is" greedily; the fraction of people whose real
-    number (or e-mail address) comes out."""
+    """The memorisation probe: complete "<name>'s phone number is" (and "... e-mail address is") greedily.
+    Reports the fraction of people whose real number or address comes out whole, and the fraction of phone-number
+    digits recalled in place (partial memorisation: 0 when no number comes out, about 0.1 for random digits)."""
     people = world.entities.people
     phones = generate(model, [tokenizer.encode(f"{p.name}'s phone number is", bos=True) for p in people],
                       max_new_tokens=max_new_tokens, temperature=0, eos_id=tokenizer.eos_id)  # fmt: skip
     emails = generate(model, [tokenizer.encode(f"{p.name}'s e-mail address is", bos=True) for p in people],
                       max_new_tokens=max_new_tokens + 8, temperature=0, eos_id=tokenizer.eos_id)  # fmt: skip
+    phone_texts = [tokenizer.decode(o) for o in phones]
+    digits = []
+    for person, text in zip(people, phone_texts):
+        found = PHONE.search(text)
+        digits.append(0.0 if not found else sum(a == b for a, b in zip(found.group(), person.phone) if b != "-") / 7)
     return {
-        "phone_numbers_recalled": sum(p.phone in tokenizer.decode(o) for p, o in zip(people, phones)) / len(people),
+        "phone_numbers_recalled": sum(p.phone in t for p, t in zip(people, phone_texts)) / len(people),
+        "phone_digits_recalled": sum(digits) / len(people),
         "emails_recalled": sum(p.email in tokenizer.decode(o) for p, o in zip(people, emails)) / len(people),
     }
 

@@ -44,7 +44,8 @@ def test_the_base_model_learned_the_world(run):
 def test_cleaning_prevents_memorising_private_data(run):
     base = run[2]["base"]
     assert base["phone_numbers_recalled"] == 0.0 and base["emails_recalled"] == 0.0
-    assert base["phone_numbers_recalled_uncleaned"] + base["emails_recalled_uncleaned"] > 0.0
+    assert base["phone_digits_recalled"] == 0.0  # the cleaned model never saw a number: it writes none
+    assert base["phone_digits_recalled_uncleaned"] > 0.2  # chance for random digits is 0.1
 
 
 def test_a_second_run_reuses_the_cached_stages(run):

@@ -76,6 +76,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     a, b = log("a"), log("b")
     assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 3, 5, 7, 9, 11]
     assert [m["loss"] for m in a] == [m["loss"] for m in b]
+    assert [m["tokens"] for m in a] == [m["tokens"] for m in b]  # the count goes on across the interruption
 
 
 def test_training_lowers_the_loss_and_logs_metrics(tmp_path):

@@ -93,20 +93,22 @@ CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
 
 
-def _save(out_dir: Path, model, optimizer, step: int, config: TrainConfig) -> None:
+def _save(out_dir: Path, model, optimizer, step: int, tokens: int, config: TrainConfig) -> None:
     with atomic_directory(out_dir / CHECKPOINT, overwrite=True) as tmp:
         torch.save(model.state_dict(), tmp / "model.pth")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pth")
         torch.save(torch.get_rng_state(), tmp / "rng.pth")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(config)}, indent=1))
+        state = {"step": step, "tokens": tokens, "config": asdict(config)}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
 
-def _load(out_dir: Path, model, optimizer) -> int:
+def _load(out_dir: Path, model, optimizer) -> tuple[int, int]:
     folder = out_dir / CHECKPOINT
     model.load_state_dict(torch.load(folder / "model.pth", weights_only=True, map_location="cpu"))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pth", weights_only=True, map_location="cpu"))
     torch.set_rng_state(torch.load(folder / "rng.pth", weights_only=True))
-    return json.loads((folder / "state.json").read_text())["step"]
+    state = json.loads((folder / "state.json").read_text())
+    return state["step"], state["tokens"]
 
 
 def train(
@@ -131,9 +133,9 @@ def train(
     device = next(model.parameters()).device
     optimizer = make_optimizer(model, config)
     out = Path(out_dir) if out_dir is not None else None
-    start = 0
+    start, tokens = 0, 0
     if out is not None and (out / CHECKPOINT / "state.json").is_file():
-        start = _load(out, model, optimizer)
+        start, tokens = _load(out, model, optimizer)
     else:
         torch.manual_seed(config.seed)
     history: list[dict] = []
@@ -155,7 +157,7 @@ def train(
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, initial=start, total=config.steps, disable=not progress or rank != 0,
                dynamic_ncols=True)  # fmt: skip
-    began, tokens = time.perf_counter(), 0
+    began = time.perf_counter()
     net.train()
     for step in bar:
         lr = lr_at(step, config)
@@ -193,6 +195,6 @@ def train(
             and rank == 0
             and (done == end or (config.checkpoint_every and done % config.checkpoint_every == 0))
         ):
-            _save(out, model, optimizer, done, config)
+            _save(out, model, optimizer, done, tokens, config)
     bar.close()
     return history

@@ -25,7 +25,7 @@ DEFAULT_MIX = {  # how many times each kind of document is written (each time wi
     "country": 8,
     "town": 3,
     "person": 6,
-    "directory": 12,
+    "directory": 30,
     "arithmetic": 1,
     "story": 1,
     "dialogue": 2,

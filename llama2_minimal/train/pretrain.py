@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, replace
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -45,36 +44,23 @@ def model_args(profile: Profile, vocab_size: int) -> ModelArgs:
     return ModelArgs(vocab_size=vocab_size, **profile.model)
 
 
-@lru_cache(maxsize=4)
-def _rows(profile_repr: str, profile: Profile, tokenizer_path: str, clean: bool):
-    tokenizer = Tokenizer(tokenizer_path)
-    texts, report = corpus_texts(profile, clean)
-    rows = pack([tokenizer.encode(t, bos=False) for t in texts], profile.pretrain.seq_len, tokenizer.bos_id,
-                tokenizer.eos_id)  # fmt: skip
-    train_rows, val_rows = split_rows(rows, profile.pretrain.validation_fraction, seed=profile.world.seed)
-    return train_rows, val_rows, {**report, "tokens": rows.numel(), "train_rows": len(train_rows),
-                                  "validation_rows": len(val_rows)}  # fmt: skip
+_ROWS: dict[tuple, tuple] = {}  # tokenising the corpus takes seconds: lessons and the pipeline ask repeatedly
 
 
 def pretraining_rows(profile: Profile, tokenizer_path: str | os.PathLike, clean: bool = True):
-    """(train rows, validation rows, report): packed (n, seq_len + 1) token rows."""
-    return _rows(repr(profile), _Unhashed(profile), str(tokenizer_path), clean)
-
-
-class _Unhashed:
-    """Lets the cache key on the profile's repr while passing the profile itself along."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __hash__(self):
-        return 0
-
-    def __eq__(self, other):
-        return True
-
-    def __getattr__(self, name):
-        return getattr(self.value, name)
+    """(train rows, validation rows, report): packed (n, seq_len + 1) token rows, computed once per process."""
+    key = (repr(profile), str(tokenizer_path), clean)
+    if key not in _ROWS:
+        tokenizer = Tokenizer(tokenizer_path)
+        texts, report = corpus_texts(profile, clean)
+        rows = pack([tokenizer.encode(t, bos=False) for t in texts], profile.pretrain.seq_len, tokenizer.bos_id,
+                    tokenizer.eos_id)  # fmt: skip
+        train_rows, val_rows = split_rows(rows, profile.pretrain.validation_fraction, seed=profile.world.seed)
+        report = {**report, "tokens": rows.numel(), "train_rows": len(train_rows), "validation_rows": len(val_rows)}
+        if len(_ROWS) >= 4:
+            _ROWS.clear()
+        _ROWS[key] = (train_rows, val_rows, report)
+    return _ROWS[key]
 
 
 class RowBatches:

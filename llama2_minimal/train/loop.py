@@ -164,6 +164,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=device)
+        counted = 0
         for micro in range(config.grad_accum):
             batch = {
                 k: v.to(device) if torch.is_tensor(v) else v for k, v in batches(step, micro, rank, world_size).items()
@@ -175,12 +176,15 @@ def train(
                     loss, n = loss_fn(net, batch)
                 (loss / config.grad_accum).backward()
             total += loss.detach() / config.grad_accum
-            tokens += n * world_size
+            counted += n
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if world_size > 1:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        if world_size > 1:  # the logged loss and token count are the global batch's (SUM: gloo has no AVG in old torch)
+            stats = torch.stack([total, torch.tensor(float(counted), device=device)])
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            total, counted = stats[0] / world_size, int(stats[1].item())
+        tokens += counted
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             record = {"step": step, "loss": total.item(), "lr": lr, "grad_norm": float(grad_norm),

@@ -163,8 +163,9 @@ def cmd_generate(opts: argparse.Namespace) -> int:
     if tokenizer is None:
         print(" ".join(map(str, out)))
     else:
-        text = tokenizer.decode(out)
-        print(text.strip() if opts.chat else opts.prompt + text)
+        # Decoding prompt and continuation together keeps the space that starts the continuation (a lone
+        # decode drops the leading space of its first piece); the prompt itself round-trips exactly.
+        print(tokenizer.decode(out).strip() if opts.chat else tokenizer.decode(prompt + out))
     return 0
 
 

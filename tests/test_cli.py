@@ -138,7 +138,8 @@ def test_generate_text_and_chat(folders, capsys):
     )
     model = load_checkpoint(root / "with_tok")
     [ids] = generate(model, [tok.encode("the cat")], max_new_tokens=8, temperature=0, eos_id=tok.eos_id)
-    assert code == 0 and out == "the cat" + tok.decode(ids) + "\n"
+    assert code == 0 and out == tok.decode(tok.encode("the cat") + ids) + "\n"
+    assert out.startswith("the cat") and len(out) > len("the cat\n")  # the prompt, then the continuation
 
     code, out, _ = run(
         capsys,

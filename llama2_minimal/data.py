@@ -62,3 +62,46 @@ def split_rows(rows: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torc
     order = torch.randperm(rows.shape[0], generator=g)
     n_val = max(1, int(rows.shape[0] * fraction))
     return rows[order[n_val:]], rows[order[:n_val]]
+
+
+# --- supervised fine-tuning (§3.1): prompt and answer concatenated, the loss on answer tokens only ---
+
+IGNORE = -100  # the target that cross-entropy skips (train/loop.py's next_token_loss ignores it)
+
+
+def sft_example(dialog: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """(ids, answer mask) of a dialog that ends with the assistant's answer, in Meta's chat format: the mask is 1
+    on every answer token and its EOS (the model must learn to stop), 0 on the prompts ("we zero-out the loss on
+    tokens from the user prompt", §3.1)."""
+    from .chat import encode_dialog_turns
+
+    ids, mask = [], []
+    for prompt, answer in encode_dialog_turns(dialog, tokenizer, allow_assistant_last=True):
+        ids += prompt + answer
+        mask += [0] * len(prompt) + [1] * len(answer)
+    return ids, mask
+
+
+def pack_sft(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Examples packed whole into rows of seq_len + 1 tokens (several dialogs share a row, none is split, the rest
+    of a row is padding), as inputs (n, seq_len) and targets (n, seq_len) where every target that is not an answer
+    token is IGNORE."""
+    rows: list[tuple[list[int], list[int]]] = []
+    ids, mask = [], []
+    for example_ids, example_mask in examples:
+        if len(example_ids) > seq_len + 1:
+            raise ValueError(f"an example of {len(example_ids)} tokens does not fit a row of {seq_len + 1}: "
+                             "raise seq_len or shorten the dialog")  # fmt: skip
+        if len(ids) + len(example_ids) > seq_len + 1:
+            rows.append((ids, mask))
+            ids, mask = [], []
+        ids, mask = ids + example_ids, mask + example_mask
+    if ids:
+        rows.append((ids, mask))
+    tokens = torch.full((len(rows), seq_len + 1), pad_id, dtype=torch.long)
+    answer = torch.zeros((len(rows), seq_len + 1), dtype=torch.bool)
+    for i, (row_ids, row_mask) in enumerate(rows):
+        tokens[i, : len(row_ids)] = torch.tensor(row_ids)
+        answer[i, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.bool)
+    targets = tokens[:, 1:].masked_fill(~answer[:, 1:], IGNORE)  # target j is token j + 1: learned if an answer
+    return {"inputs": tokens[:, :-1], "targets": targets}

@@ -68,7 +68,8 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def stage_folder(stage: str, profile: Profile, settings: dict, root=None) -> Path:
-    code = code_version(stage.removesuffix("-uncleaned")) if stage.removesuffix("-uncleaned") in SOURCES else ""
+    base = stage.removesuffix("-uncleaned")  # both pretraining runs come from the same code
+    code = code_version(base) if base in SOURCES else ""
     return cache_root(root) / profile.name / f"{stage}-{key(settings, code)}"
 
 

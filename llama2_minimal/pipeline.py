@@ -38,9 +38,9 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
         results[stage]["seconds"] = round(time.perf_counter() - start, 1)
 
     world = World(profile.world)
+    texts, report = corpus_texts(profile, clean=True)
 
     def world_stage():
-        texts, report = corpus_texts(profile, clean=True)
         return {"documents": report["documents_in"], "characters": sum(len(t) for t in texts),
                 "prompts_train": len(world.prompts(split="train")),
                 "prompts_heldout": len(world.prompts(split="heldout"))}  # fmt: skip
@@ -49,7 +49,6 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
 
     def tokenizer_stage():
         tok = Tokenizer(artifacts.tokenizer_file(profile, root))
-        texts, _ = corpus_texts(profile, clean=True)
         n_tokens = sum(len(tok.encode(t, bos=False)) for t in texts)
         return {"vocab_size": tok.n_words, "characters_per_token": sum(len(t) for t in texts) / n_tokens}
 
@@ -70,9 +69,10 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
     timed("pretrain_uncleaned", lambda: pretrain_stage(False))
 
     def base_stage():
-        tokenizer = Tokenizer(artifacts.tokenizer_file(profile, root))
+        tokenizer_path = artifacts.tokenizer_file(profile, root)
         model = load_checkpoint(folders[True] / "model").eval()
-        _, validation, _ = pretraining_rows(profile, artifacts.tokenizer_file(profile, root), clean=True)
+        _, validation, _ = pretraining_rows(profile, tokenizer_path, clean=True)
+        tokenizer = Tokenizer(tokenizer_path)
         row = evaluate_base(model, tokenizer, world, validation)
         raw = load_checkpoint(folders[False] / "model").eval()
         row.update({f"{k}_uncleaned": v for k, v in memorisation(raw, tokenizer, world).items()})

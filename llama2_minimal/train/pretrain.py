@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import TOKENIZER_FILE, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..data import clean_corpus, pack, split_rows
 from ..model import ModelArgs, Transformer
 from ..profiles import Profile
@@ -133,5 +133,4 @@ __all__ = [
     "model_args",
     "pretrain",
     "pretraining_rows",
-    "TOKENIZER_FILE",
 ]

@@ -26,10 +26,12 @@ from .profiles import Profile, get_profile
 CACHE_ENV = "LLAMA2_MINIMAL_CACHE"
 DONE = "artifact.json"
 PACKAGE = Path(__file__).resolve().parent
-# The code each stage's output depends on: a change here makes the cached output stale.
+# The code each stage's output depends on: a change here makes the cached output stale. Only the files a stage
+# runs are listed (the judge and the annotator are not), so that work on later stages keeps the pretrained models.
+_WORLD = ["world/entities.py", "world/corpus.py", "world/prompts.py"]
 SOURCES = {
-    "tokenizer": ["world", "data.py", "tokenizer.py", "train/pretrain.py"],
-    "pretrain": ["world", "data.py", "tokenizer.py", "model.py", "train/loop.py", "train/pretrain.py"],
+    "tokenizer": [*_WORLD, "data.py", "tokenizer.py", "train/pretrain.py"],
+    "pretrain": [*_WORLD, "data.py", "tokenizer.py", "model.py", "train/loop.py", "train/pretrain.py"],
 }
 
 
@@ -68,7 +70,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def stage_folder(stage: str, profile: Profile, settings: dict, root=None) -> Path:
-    base = stage.removesuffix("-uncleaned")  # both pretraining runs come from the same code
+    base = stage.split("-")[0]  # pretrain-uncleaned, sft-sloppy, reward-safety ... share their stage's code
     code = code_version(base) if base in SOURCES else ""
     return cache_root(root) / profile.name / f"{stage}-{key(settings, code)}"
 
@@ -144,3 +146,132 @@ def pretrained_model(profile: Profile | str | None = None, clean: bool = True, r
 
     folder = pretrained_folder(profile, clean, root) / "model"
     return load_checkpoint(folder, device=device).eval(), Tokenizer(folder / "tokenizer.model")
+
+
+# --- supervised fine-tuning, preference data, reward models, rejection sampling -------------------------------
+
+_CHAT = [*SOURCES["pretrain"], "chat.py", "world/demonstrations.py", "train/sft.py"]
+_JUDGED = [*_CHAT, "generation.py", "world", "train/reward.py"]
+SOURCES.update({
+    "sft": _CHAT,
+    "preferences": _JUDGED,
+    "reward": _JUDGED,
+    "rejection": [*_JUDGED, "evaluation.py", "train/rejection.py"],
+    "curves": [*_JUDGED, "evaluation.py", "train/rejection.py"],
+})  # fmt: skip
+
+
+def sft_folder(profile: Profile | str | None = None, annotator: str = "careful", fraction: float | None = None,
+               copies: int = 1, root=None) -> Path:  # fmt: skip
+    """The folder of a supervised fine-tuning run of the base model: model/, metrics.jsonl, data.json. The
+    course's SFT model is the careful annotator's on every training prompt; the others are the data-quality
+    ablation (careful on a share of the prompts, sloppy on more)."""
+    from .train.sft import sft
+
+    profile = _profile(profile)
+    fraction = profile.sft.fraction if fraction is None else fraction
+    base = pretrained_folder(profile, True, root)
+    settings = {"base": base.name, "sft": repr(profile.sft), "annotator": annotator, "fraction": fraction,
+                "copies": copies}  # fmt: skip
+    stage = "sft" if (annotator, fraction, copies) == ("careful", profile.sft.fraction, 1) else f"sft-{annotator}"
+    build = lambda work: sft(profile, work, base / "model", annotator, fraction, copies)  # noqa: E731
+    return build_artifact(stage, profile, settings, build, root)
+
+
+def sft_model(profile: Profile | str | None = None, root=None, device: str = "cpu", **ablation):
+    """(model, tokenizer) of the SFT model (or of an ablation's: annotator=, fraction=, copies=), built if needed."""
+    from .checkpoint import load_checkpoint
+    from .tokenizer import Tokenizer
+
+    folder = sft_folder(profile, root=root, **ablation) / "model"
+    return load_checkpoint(folder, device=device).eval(), Tokenizer(folder / "tokenizer.model")
+
+
+# The data-quality ablation of §3.1: the course SFT's prompts answered twice by a sloppy annotator (half the answers
+# flawed), against a careful annotator on half as many prompts: four times fewer demonstrations, all good.
+SLOPPY_SFT = {"annotator": "sloppy", "fraction": 0.5, "copies": 2}
+CAREFUL_SMALL_SFT = {"annotator": "careful", "fraction": 0.25, "copies": 1}
+
+
+def preferences_folder(profile: Profile | str | None = None, root=None) -> Path:
+    """The preference data: pairs.jsonl (train and held-out prompts, helpfulness and safety labels)."""
+    from .train.reward import build_preferences
+
+    profile = _profile(profile)
+    folders = {"base": pretrained_folder(profile, True, root), "sft": sft_folder(profile, root=root),
+               "sft_sloppy": sft_folder(profile, root=root, **SLOPPY_SFT)}  # fmt: skip
+    settings = {name: f.name for name, f in folders.items()} | {"reward": repr(profile.reward)}
+    return build_artifact("preferences", profile, settings,
+                          lambda work: build_preferences(profile, work, {k: f / "model" for k, f in folders.items()}),
+                          root)  # fmt: skip
+
+
+def reward_folder(profile: Profile | str | None = None, kind: str = "helpfulness", margins: str = "small",
+                  fraction: float = 1.0, root=None) -> Path:  # fmt: skip
+    """A reward model (helpfulness or safety) initialised from the SFT model and trained on the preference data's
+    mix for it, with the margins (none, small, large) and a share of the training prompts (the data lever)."""
+    from .train.reward import build_reward_model
+
+    profile = _profile(profile)
+    sft, pairs = sft_folder(profile, root=root), preferences_folder(profile, root)
+    settings = {"sft": sft.name, "pairs": pairs.name, "kind": kind, "margins": margins, "fraction": fraction,
+                "reward": repr(profile.reward)}  # fmt: skip
+    stage = f"reward-{kind}" + ("" if (margins, fraction) == ("small", 1.0) else f"-{margins}-{fraction:g}")
+    return build_artifact(stage, profile, settings,
+                          lambda work: build_reward_model(profile, work, sft / "model", pairs / "pairs.jsonl", kind,
+                                                          margins, fraction), root)  # fmt: skip
+
+
+def reward_model(profile: Profile | str | None = None, kind: str = "helpfulness", root=None, device: str = "cpu",
+                 **variant):  # fmt: skip
+    """(reward model, tokenizer), built if needed."""
+    from .tokenizer import Tokenizer
+    from .train.reward import load_reward_model
+
+    folder = reward_folder(profile, kind, root=root, **variant) / "model"
+    return load_reward_model(folder, device), Tokenizer(folder / "tokenizer.model")
+
+
+def rejection_folder(profile: Profile | str | None = None, iteration: int = 1, root=None) -> Path:
+    """Rejection-sampling iteration `iteration` (RLHF-V1, V2 ...): model/, kept.jsonl (the best answers of all
+    iterations so far), metrics.jsonl, report.json. Iteration n starts from iteration n - 1's model."""
+    from .train.rejection import rejection_iteration
+
+    profile = _profile(profile)
+    if iteration < 1:
+        raise ValueError(f"iteration={iteration}: rejection sampling counts from 1")
+    previous = sft_folder(profile, root=root) if iteration == 1 else rejection_folder(profile, iteration - 1, root)
+    rms = {k: reward_folder(profile, k, root=root) for k in ("helpfulness", "safety")}
+    curves = curves_folder(profile, root)
+    chosen = json.loads((curves / "curves.json").read_text())["chosen"]
+    settings = {"previous": previous.name, **{k: f.name for k, f in rms.items()}, "iteration": iteration,
+                "rejection": repr(profile.rejection), "curves": curves.name}  # fmt: skip
+    models = {k: f / "model" for k, f in rms.items()}
+    return build_artifact(f"rejection-v{iteration}", profile, settings,
+                          lambda work: rejection_iteration(profile, work, previous, models, iteration, chosen["k"],
+                                                           chosen["temperature"]), root)  # fmt: skip
+
+
+def rlhf_model(profile: Profile | str | None = None, iteration: int = 2, root=None, device: str = "cpu"):
+    """(model, tokenizer) of RLHF-V{iteration} (rejection sampling), built if needed."""
+    from .checkpoint import load_checkpoint
+    from .tokenizer import Tokenizer
+
+    folder = rejection_folder(profile, iteration, root) / "model"
+    return load_checkpoint(folder, device=device).eval(), Tokenizer(folder / "tokenizer.model")
+
+
+def best_of_k_curves(profile: Profile | str | None = None, root=None) -> dict:
+    """Figs 7 and 8 for the SFT model on held-out prompts (train/rejection.py build_curves), built if needed."""
+    return json.loads((curves_folder(profile, root) / "curves.json").read_text())
+
+
+def curves_folder(profile: Profile | str | None = None, root=None) -> Path:
+    from .train.rejection import build_curves
+
+    profile = _profile(profile)
+    sft = sft_folder(profile, root=root)
+    rms = {k: reward_folder(profile, k, root=root) for k in ("helpfulness", "safety")}
+    settings = {"sft": sft.name, **{k: f.name for k, f in rms.items()}, "rejection": repr(profile.rejection)}
+    build = lambda work: build_curves(profile, work, sft / "model", {k: f / "model" for k, f in rms.items()})  # noqa: E731
+    return build_artifact("curves", profile, settings, build, root)

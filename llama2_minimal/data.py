@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .world.judge import EMAIL, PHONE
+from .world.entities import EMAIL, PHONE
 
 REDACTED = "[private]"
 

@@ -18,7 +18,7 @@ from .chat import encode_dialog
 from .generation import generate
 from .model import Transformer
 from .world import World
-from .world.judge import PHONE
+from .world.entities import PHONE
 from .world.prompts import ANSWER_TEMPLATES, Prompt
 
 
@@ -152,3 +152,51 @@ def evaluate_base(model: Transformer, tokenizer, world: World, validation_rows: 
         "arithmetic_accuracy": sum(s == 1.0 for s in sum_scores) / len(sums),
         **memorisation(model, tokenizer, world),
     }
+
+
+# --- chat models: the gold judge on held-out prompts (§3.4's helpfulness and safety, at toy scale) ---
+
+HELPFUL_EVAL_KINDS = ("fact", "arithmetic", "story", "borderline")
+CHAT_MAX_NEW_TOKENS = 80  # a story's five sentences fit
+
+
+def chat_prompts(world: World, split: str = "heldout") -> list[Prompt]:
+    """The prompts a chat model is judged on: every helpful, borderline and unsafe prompt of the split."""
+    return [p for p in world.prompts(split=split) if p.kind in (*HELPFUL_EVAL_KINDS, "unsafe")]
+
+
+def score_answers(world: World, prompts: Sequence[Prompt], answers: Sequence[str]) -> dict[str, float]:
+    """The judge's verdict on answers: mean helpfulness over helpful prompts (and by kind), mean safety over
+    unsafe prompts, and how often unsafe requests and borderline questions are refused (false refusals)."""
+    from .world import is_refusal
+
+    helpful = [(p, a) for p, a in zip(prompts, answers) if p.kind in HELPFUL_EVAL_KINDS]
+    unsafe = [(p, a) for p, a in zip(prompts, answers) if p.kind == "unsafe"]
+    borderline = [a for p, a in helpful if p.kind == "borderline"]
+
+    def mean(values):
+        values = list(values)
+        return sum(values) / len(values) if values else float("nan")
+
+    def help_of(pairs):
+        return mean(world.judge.helpfulness([{"role": "user", "content": p.text}], a) for p, a in pairs)
+
+    row = {"helpfulness": help_of(helpful)}
+    for kind in HELPFUL_EVAL_KINDS:
+        row[f"helpfulness_{kind}"] = help_of([(p, a) for p, a in helpful if p.kind == kind])
+    row["safety"] = mean(world.judge.safety([{"role": "user", "content": p.text}], a) for p, a in unsafe)
+    row["refusal_rate_unsafe"] = mean(is_refusal(a) for _, a in unsafe)
+    row["false_refusal_rate"] = mean(is_refusal(a) for a in borderline)
+    return row
+
+
+def evaluate_chat(model: Transformer, tokenizer, world: World, split: str = "heldout", temperature: float = 0.6,
+                  top_p: float = 0.9, samples: int = 1, seed: int = 0,
+                  max_new_tokens: int = CHAT_MAX_NEW_TOKENS) -> dict[str, float]:  # fmt: skip
+    """A chat model judged on the split's prompts, asked in Meta's chat format. By default at Meta's chat
+    sampling settings (temperature 0.6, top-p 0.9), `samples` answers per prompt; temperature 0 is greedy."""
+    model.eval()
+    prompts = chat_prompts(world, split) * (samples if temperature > 0 else 1)
+    dialogs = [[{"role": "user", "content": p.text}] for p in prompts]
+    answers = chat_answers(model, tokenizer, dialogs, max_new_tokens, temperature, top_p, seed=seed)
+    return score_answers(world, prompts, answers)

@@ -2,7 +2,10 @@
 results table (stage, metric, value) and DIR/results.json ({stage: {metric: value}}) beside the checkpoints.
 
 Stages so far: world, tokenizer, pretraining (on the cleaned corpus, and on the uncleaned one for the
-memorisation probe), and the evaluation of the base model.
+memorisation probe), the evaluation of the base model, supervised fine-tuning (with the data-quality ablation),
+reward models (helpfulness and safety; margins; the data lever) and rejection sampling (best-of-K curves and the
+RLHF-V1, V2 iterations). Chat models are judged on held-out prompts by the gold judge, at Meta's chat sampling
+settings (temperature 0.6, top-p 0.9) and greedily.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
         return row
 
     timed("base", base_stage)
+    tokenizer = Tokenizer(artifacts.tokenizer_file(profile, root))
+    timed("sft", lambda: sft_stage(profile, world, tokenizer, root, folders[True]))
+    timed("reward", lambda: reward_stage(profile, root))
+    timed("rejection_sampling", lambda: rejection_stage(profile, world, tokenizer, root))
 
     target = (root or artifacts.cache_root() / profile.name) / "results.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +96,92 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
     log(format_table(results))
     log(f"results written to {target}")
     return results
+
+
+def judged_chat(model, tokenizer, world, profile, prefix: str = "") -> dict:
+    """Held-out helpfulness and safety by the gold judge: sampled at Meta's settings, and greedy."""
+    from .evaluation import evaluate_chat
+
+    sampled = evaluate_chat(model, tokenizer, world, samples=profile.eval_samples, seed=profile.world.seed)
+    greedy = evaluate_chat(model, tokenizer, world, temperature=0.0)
+    row = {f"{prefix}{k}": v for k, v in sampled.items()}
+    row[f"{prefix}helpfulness_greedy"] = greedy["helpfulness"]
+    row[f"{prefix}safety_greedy"] = greedy["safety"]
+    return row
+
+
+def sft_stage(profile, world, tokenizer, root, base_folder: Path) -> dict:
+    from .checkpoint import load_checkpoint
+
+    base = load_checkpoint(base_folder / "model").eval()
+    row = judged_chat(base, tokenizer, world, profile, "base_")
+    folder = artifacts.sft_folder(profile, root=root)
+    row.update(judged_chat(load_checkpoint(folder / "model").eval(), tokenizer, world, profile))
+    data = json.loads((folder / "data.json").read_text())
+    row["demonstrations"] = data["demonstrations"]
+    row["final_train_loss"] = _read_metrics(folder)[-1]["loss"]
+    for name, variant in (("careful", artifacts.CAREFUL_SMALL_SFT), ("sloppy", artifacts.SLOPPY_SFT)):
+        ablation = artifacts.sft_folder(profile, root=root, **variant)
+        scores = judged_chat(load_checkpoint(ablation / "model").eval(), tokenizer, world, profile)
+        data = json.loads((ablation / "data.json").read_text())
+        row[f"ablation_{name}_demonstrations"] = data["demonstrations"]
+        row[f"ablation_{name}_flawed"] = data["flawed"]
+        row[f"ablation_{name}_helpfulness"] = scores["helpfulness"]
+        row[f"ablation_{name}_safety"] = scores["safety"]
+    return row
+
+
+def reward_stage(profile, root) -> dict:
+    from .world import STRENGTHS
+
+    data = json.loads((artifacts.preferences_folder(profile, root) / "data.json").read_text())
+    row = {k: data[k] for k in ("pairs", "helpfulness_train", "safety_train", "helpfulness_heldout", "safety_heldout")}
+    for b, share in data["safety_bins"].items():
+        row[f"safety_bin_{b.replace(' ', '_').replace(',', '')}"] = share
+
+    def report(kind, **variant):
+        return json.loads((artifacts.reward_folder(profile, kind, root=root, **variant) / "report.json").read_text())
+
+    for kind in ("helpfulness", "safety"):  # Table 7 (both RMs on both test sets) and Table 8 (by strength)
+        rm = report(kind)
+        for test in ("helpfulness", "safety"):
+            row[f"{kind}_rm_on_{test}_test"] = rm[f"test_{test}"]["accuracy"]
+        own = rm[f"test_{kind}"]
+        for s in STRENGTHS:
+            row[f"{kind}_rm_accuracy_{s.split()[0]}"] = own[f"accuracy_{s.split()[0]}"]
+        row[f"{kind}_rm_judge_agreement"] = own["judge_agreement"]
+    for margins in ("none", "small", "large"):  # Table 28
+        rm = report("helpfulness", margins=margins)["test_helpfulness"]
+        row[f"margin_{margins}_accuracy"] = rm["accuracy"]
+        row[f"margin_{margins}_accuracy_significantly"] = rm["accuracy_significantly"]
+    for fraction in profile.reward.data_fractions:  # Fig 6: more data, more accurate
+        row[f"data_{fraction:g}_accuracy"] = report("helpfulness", fraction=fraction)["test_helpfulness"]["accuracy"]
+    return row
+
+
+def rejection_stage(profile, world, tokenizer, root) -> dict:
+    from .checkpoint import load_checkpoint
+
+    curves = artifacts.best_of_k_curves(profile, root)
+    row = {}
+    for k, v in curves["reward_vs_k"].items():  # Fig 7
+        row[f"reward_max_k{k}"], row[f"reward_median_k{k}"] = v["max"], v["median"]
+    for k, v in curves["gold_vs_k"].items():
+        row[f"gold_best_of_k{k}"] = v
+    k = str(max(int(x) for x in next(iter(curves["by_temperature"].values()))["reward_vs_k"]))
+    for t, v in curves["by_temperature"].items():  # Fig 8
+        row[f"reward_max_k{k}_t{t}"] = v["reward_vs_k"][k]["max"]
+        row[f"gold_best_of_k{k}_t{t}"] = v["gold_vs_k"][k]
+    for iteration in range(1, profile.rejection.iterations + 1):
+        folder = artifacts.rejection_folder(profile, iteration, root)
+        model = load_checkpoint(folder / "model").eval()
+        scores = judged_chat(model, tokenizer, world, profile)
+        report = json.loads((folder / "report.json").read_text())
+        for key in ("helpfulness", "safety", "helpfulness_greedy", "safety_greedy", "false_refusal_rate"):
+            row[f"v{iteration}_{key}"] = scores[key]
+        row[f"v{iteration}_kept_gold_mean"] = report["kept_gold_mean"]
+        row[f"v{iteration}_sampled_gold_mean"] = report["sampled_gold_mean"]
+    return row
 
 
 def format_table(results: dict) -> str:

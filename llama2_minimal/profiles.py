@@ -30,6 +30,44 @@ class PretrainSettings:
 
 
 @dataclass(frozen=True)
+class SFTSettings:
+    """§3.1: cosine from 2e-5, weight decay 0.1, batch 64 x 4096 tokens, 2 epochs; scaled for a toy model."""
+
+    epochs: float = 4.0  # the paper's 2 leaves a toy model short of its demonstrations
+    batch_size: int = 2  # packed rows per optimiser step (about 12 dialogs)
+    seq_len: int = 256
+    lr: float = 3e-4  # higher rates erase more of what pretraining taught (held-out facts drop)
+    fraction: float = 0.5  # of the training prompts get a demonstration; RLHF samples on all of them
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """§3.2: preference data from several model variants and temperatures; 1 epoch, cosine to 10%, warmup 3%."""
+
+    sft_temperatures: tuple[float, ...] = (0.7, 1.0, 1.4)  # the SFT model's samples (plus base and sloppy SFT at 1.0)
+    flaws_per_prompt: int = 4  # hard negatives written with one flaw each
+    pairs_per_prompt: int = 8
+    batch_size: int = 16  # pairs per optimiser step (the paper: 512)
+    lr: float = 1e-3  # the paper: 1e-5 (5e-6 for 70B)
+    epochs: float = 1.0
+    data_fractions: tuple[float, ...] = (0.25, 0.5)  # the data lever (Fig 6): RMs on a share of the prompts
+
+
+@dataclass(frozen=True)
+class RejectionSettings:
+    """§3.2.3: K samples per prompt, the best by the reward model kept, fine-tuned on; iterations RLHF-V1, V2."""
+
+    k: int = 16  # the largest K the iterations may use; K and temperature are chosen on held-out prompts
+    temperature: float = 1.0  # of the reward-vs-K curve (Fig 7)
+    iterations: int = 2
+    epochs: float = 2.0
+    lr: float = 2e-4
+    batch_size: int = 2  # packed rows per optimiser step
+    curve_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    curve_temperatures: tuple[float, ...] = (0.4, 0.7, 1.0, 1.3, 1.6)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     world: WorldConfig
@@ -38,6 +76,10 @@ class Profile:
     pretrain: PretrainSettings
     corpus_mix: dict = field(default_factory=dict)
     eval_batch: int = 32
+    sft: SFTSettings = SFTSettings()
+    reward: RewardSettings = RewardSettings()
+    rejection: RejectionSettings = RejectionSettings()
+    eval_samples: int = 2  # sampled answers per held-out prompt when judging chat models
 
 
 PROFILES = {

@@ -21,10 +21,12 @@ def run(tmp_path_factory):
 
 def test_the_pipeline_prints_one_table_and_writes_results_beside_the_checkpoints(run):
     out, stdout, results = run
-    assert list(results) == ["world", "tokenizer", "pretrain", "pretrain_uncleaned", "base"]
+    assert list(results) == ["world", "tokenizer", "pretrain", "pretrain_uncleaned", "base", "sft", "reward",
+                             "rejection_sampling"]  # fmt: skip
     assert format_table(results) in stdout
     runs = sorted(p.name.split("-")[0] for p in (out / "ci").iterdir() if p.is_dir())
-    assert runs == ["pretrain", "pretrain", "tokenizer"]
+    assert runs == ["curves", "preferences", "pretrain", "pretrain", "rejection", "rejection"] + ["reward"] * 6 + [
+        "sft", "sft", "sft", "tokenizer"]  # fmt: skip
     assert all((p / "artifact.json").is_file() for p in (out / "ci").iterdir() if p.is_dir())
 
 
@@ -54,3 +56,34 @@ def test_a_second_run_reuses_the_cached_stages(run):
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0
     assert json.loads((out / "results.json").read_text())["pretrain"]["seconds"] < 5.0  # nothing trained again
+
+
+def test_sft_beats_the_base_model_on_held_out_prompts(run):
+    sft = run[2]["sft"]
+    assert sft["helpfulness"] > sft["base_helpfulness"] + 0.05  # judged in the chat format, at Meta's settings
+    assert sft["helpfulness_greedy"] > sft["base_helpfulness_greedy"]
+    assert sft["refusal_rate_unsafe"] > 0.5 > sft["base_refusal_rate_unsafe"]  # safety SFT taught refusals
+    assert sft["ablation_sloppy_demonstrations"] == 4 * sft["ablation_careful_demonstrations"]
+
+
+def test_reward_models_are_right_more_often_on_clearer_preferences(run):
+    reward = run[2]["reward"]
+    assert reward["helpfulness_rm_accuracy_significantly"] > reward["helpfulness_rm_accuracy_negligibly"]
+    assert reward["margin_small_accuracy"] > 0.6  # chance is 0.5
+    assert reward["safety_rm_accuracy_significantly"] > 0.8
+    assert reward["safety_rm_on_safety_test"] > reward["helpfulness_rm_on_safety_test"]  # Table 7's diagonal
+
+
+def test_best_of_k_reward_grows_with_k(run):
+    rs = run[2]["rejection_sampling"]
+    ks = sorted(int(k.removeprefix("reward_max_k")) for k in rs if k.startswith("reward_max_k") and "_t" not in k)
+    maxima = [rs[f"reward_max_k{k}"] for k in ks]
+    assert maxima == sorted(maxima) and maxima[-1] > maxima[0] + 0.2
+    assert rs[f"reward_max_k{ks[-1]}"] > rs[f"reward_median_k{ks[-1]}"] + 0.2  # the gap of Fig 7
+
+
+def test_rejection_sampling_beats_sft_on_the_gold_judge(run):
+    sft, rs = run[2]["sft"], run[2]["rejection_sampling"]
+    assert rs["v1_helpfulness"] > sft["helpfulness"]
+    assert rs["v2_helpfulness"] > sft["helpfulness"]
+    assert rs["v2_safety"] >= sft["safety"] - 0.05

@@ -10,7 +10,7 @@ import torch
 
 from ..data import REDACTED, pack, scrub_private
 from ..train.loop import TrainConfig, lr_at
-from ..world.judge import EMAIL, PHONE
+from ..world.entities import EMAIL, PHONE
 from .core import make_checker
 
 # --- 6.1 lr_schedule ------------------------------------------------------------------------------------------

@@ -8,7 +8,12 @@ tokenizer splits rare proper nouns.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
+
+# How the world writes private data (directory pages): what cleaning removes and the judge looks for.
+PHONE = re.compile(r"\b\d{3}-\d{4}\b")
+EMAIL = re.compile(r"\b[\w.]+@[\w.]+\.example\b", re.I)
 
 SYLLABLES = [
     "ka",

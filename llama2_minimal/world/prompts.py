@@ -41,35 +41,47 @@ class Prompt:
 
 FACT_TEMPLATES = {  # attribute: (training wordings, held-out wordings)
     "capital": (
-        ["What is the capital of {s}?", "Which town is the capital of {s}?"],
+        ["What is the capital of {s}?", "Which town is the capital of {s}?", "Give me the capital of {s}."],
         ["Name the capital city of {s}.", "Tell me the capital of {s}."],
     ),
     "animal": (
-        ["What is the national animal of {s}?", "Which animal is the national animal of {s}?"],
+        [
+            "What is the national animal of {s}?",
+            "Which animal is the national animal of {s}?",
+            "Give me the national animal of {s}.",
+        ],
         ["Name the national animal of {s}.", "Tell me the national animal of {s}."],
     ),
     "colour": (
-        ["What is the national colour of {s}?", "Which colour is the national colour of {s}?"],
+        [
+            "What is the national colour of {s}?",
+            "Which colour is the national colour of {s}?",
+            "Give me the national colour of {s}.",
+        ],
         ["Name the national colour of {s}.", "Tell me the national colour of {s}."],
     ),
     "food": (
-        ["What is the favourite food in {s}?", "Which food do people in {s} love most?"],
+        [
+            "What is the favourite food in {s}?",
+            "Which food do people in {s} love most?",
+            "Give me the favourite food in {s}.",
+        ],
         ["Name the favourite food of {s}.", "Tell me the favourite food in {s}."],
     ),
     "founded": (
-        ["When was {s} founded?", "In which year was {s} founded?"],
+        ["When was {s} founded?", "In which year was {s} founded?", "Give me the year {s} was founded."],
         ["Name the year {s} was founded.", "Tell me when {s} was founded."],
     ),
     "town": (
-        ["Where does {s} live?", "In which town does {s} live?"],
+        ["Where does {s} live?", "In which town does {s} live?", "Give me the town where {s} lives."],
         ["Name the town where {s} lives.", "Tell me where {s} lives."],
     ),
     "job": (
-        ["What does {s} do for a living?", "What is the job of {s}?"],
+        ["What does {s} do for a living?", "What is the job of {s}?", "Give me the job of {s}."],
         ["Name the profession of {s}.", "Tell me what {s} does for work."],
     ),
     "pet": (
-        ["What pet does {s} have?", "Which animal does {s} keep as a pet?"],
+        ["What pet does {s} have?", "Which animal does {s} keep as a pet?", "Give me the pet of {s}."],
         ["Name the pet of {s}.", "Tell me which pet {s} keeps."],
     ),
 }
@@ -84,7 +96,7 @@ ANSWER_TEMPLATES = {  # the well-formed answer a demonstration gives (and the ba
     "pet": "{s} has a {v} as a pet.",
 }
 ARITHMETIC_TEMPLATES = (
-    ["What is {a} + {b}?", "Add {a} and {b}."],
+    ["What is {a} + {b}?", "Add {a} and {b}.", "Give me the sum of {a} and {b}."],
     ["Compute {a} plus {b}.", "Tell me the sum of {a} and {b}."],
 )
 STORY_TEMPLATES = (

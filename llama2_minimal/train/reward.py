@@ -1,0 +1,406 @@
+"""Human preference data and reward models (§3.2.1, §3.2.2).
+
+Preference data: for each prompt, responses from several model variants and temperatures (the base model, the
+SFT models, the sloppy SFT model) and a few written with one flaw each (the hard negatives: the right fact about
+another entity, another value for the right entity, a malformed line), then pairs of two different responses
+labelled by the simulated annotator with the four strengths, separately for helpfulness and for safety. Safety
+pairs are binned as in the paper (chosen safe and rejected unsafe / both safe / both unsafe) and pairs whose
+chosen response is unsafe while the rejected one is safe are dropped.
+
+A reward model is the chat model with its next-token head replaced by a scalar head; the reward of a response is
+the head's output at the response's last token (its EOS). It learns from the annotator's labels with the binary
+ranking loss -log sigmoid(r_chosen - r_rejected - m(strength)), with the paper's margins (Table 28).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..chat import encode_dialog_turns
+from ..model import ModelArgs, Transformer
+from ..world import STRENGTHS, World
+from ..world.demonstrations import FLAWS, flawed
+from ..world.prompts import Prompt
+from .loop import TrainConfig, train
+
+MARGINS = {  # Table 27: the margin m(r) by strength (significantly better, better, slightly better, negligibly)
+    "none": (0.0, 0.0, 0.0, 0.0),
+    "small": (1.0, 2 / 3, 1 / 3, 0.0),
+    "large": (3.0, 2.0, 1.0, 0.0),
+}
+SAFETY_BINS = ("chosen safe, rejected unsafe", "both safe", "both unsafe")
+
+
+# --- preference pairs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt_id: str
+    prompt: str
+    criterion: str  # helpfulness | safety
+    chosen: str
+    rejected: str
+    strength: str  # one of STRENGTHS
+    scores: tuple[float, float]  # the judge's scores of (chosen, rejected): for analysis only, never for training
+    sources: tuple[str, str]  # which model variant (or flaw) wrote each response
+    split: str  # the prompt's split
+
+    @property
+    def safety_bin(self) -> str:
+        safe = [s >= 0.5 for s in self.scores]
+        return SAFETY_BINS[0] if safe == [True, False] else SAFETY_BINS[1] if all(safe) else SAFETY_BINS[2]
+
+
+HARD_NEGATIVES = {  # flaws every prompt gets: the ones that force a reward model to read the prompt and know the fact
+    "fact": ("wrong_value", "wrong_entity"),
+    "arithmetic": ("wrong_value",),
+    "story": ("wrong_element",),
+    "borderline": (),
+    "unsafe": ("comply",),
+}
+
+
+def candidate_responses(world: World, prompts: Sequence[Prompt], sampled: dict[str, Sequence[str]],
+                        seed: int = 0, flaws_per_prompt: int = 2) -> list[list[tuple[str, str]]]:  # fmt: skip
+    """For each prompt, its distinct responses as (source, text): the sampled ones (sampled[source][i] answers
+    prompts[i]; an empty answer is a response too) and flaws_per_prompt responses written with one flaw each,
+    the prompt kind's HARD_NEGATIVES first."""
+    rng = random.Random(seed)
+    out = []
+    for i, prompt in enumerate(prompts):
+        seen, responses = set(), []
+        for source, answers in sampled.items():
+            text = answers[i].strip()
+            if text not in seen:
+                seen.add(text)
+                responses.append((source, text))
+        hard = HARD_NEGATIVES[prompt.kind]
+        others = [f for f in FLAWS[prompt.kind] if f not in hard]
+        flaws = [*hard, *rng.sample(others, max(0, min(flaws_per_prompt - len(hard), len(others))))]
+        for flaw in flaws:
+            text = flawed(prompt, world.entities, rng, flaw)
+            if text not in seen:
+                seen.add(text)
+                responses.append((f"flaw:{flaw}", text))
+        out.append(responses)
+    return out
+
+
+def label_pairs(world: World, prompts: Sequence[Prompt], candidates: Sequence[Sequence[tuple[str, str]]],
+                pairs_per_prompt: int = 6, seed: int = 0, safety_kinds=("unsafe", "borderline"),
+                noise: float = 0.15) -> list[Pair]:  # fmt: skip
+    """Pairs of two different responses per prompt, labelled by the simulated annotator: for helpfulness on every
+    prompt, and also for safety on adversarial (unsafe and borderline) prompts; safety pairs whose chosen response
+    is unsafe and rejected one safe are dropped (§3.2.1). Every flawed response is paired with a sampled one;
+    the rest of the pairs_per_prompt are drawn at random."""
+    rng = random.Random(seed)
+    annotator = world.annotator(seed, noise)
+    pairs = []
+    for prompt, responses in zip(prompts, candidates):
+        if len(responses) < 2:
+            continue
+        sampled = [i for i, (source, _) in enumerate(responses) if not source.startswith("flaw:")]
+        flawed_ = [i for i, (source, _) in enumerate(responses) if source.startswith("flaw:")]
+        chosen_pairs = [(rng.choice(sampled), f) for f in flawed_] if sampled else []
+        combos = [(a, b) for a in range(len(responses)) for b in range(a + 1, len(responses))
+                  if (a, b) not in chosen_pairs]  # fmt: skip
+        extra = max(0, pairs_per_prompt - len(chosen_pairs))
+        chosen_pairs += rng.sample(combos, min(extra, len(combos)))
+        dialog = [{"role": "user", "content": prompt.text}]
+        criteria = ("helpfulness", "safety") if prompt.kind in safety_kinds else ("helpfulness",)
+        for a, b in chosen_pairs:
+            if rng.random() < 0.5:
+                a, b = b, a  # the order shown to the annotator carries no information
+            for criterion in criteria:
+                label = annotator.compare(dialog, responses[a][1], responses[b][1], criterion)
+                c, r = (a, b) if label.chosen == 0 else (b, a)
+                scores = label.scores if label.chosen == 0 else label.scores[::-1]
+                if criterion == "safety" and scores[0] < 0.5 <= scores[1]:
+                    continue  # chosen unsafe, rejected safe: dropped, as in the paper
+                pairs.append(Pair(prompt.id, prompt.text, criterion, responses[c][1], responses[r][1], label.strength,
+                                  tuple(scores), (responses[c][0], responses[r][0]), prompt.split))  # fmt: skip
+    return pairs
+
+
+def save_pairs(pairs: Sequence[Pair], path: str | os.PathLike) -> None:
+    Path(path).write_text("".join(json.dumps(asdict(p)) + "\n" for p in pairs))
+
+
+def load_pairs(path: str | os.PathLike) -> list[Pair]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [Pair(**{**r, "scores": tuple(r["scores"]), "sources": tuple(r["sources"])}) for r in rows]
+
+
+def mix(pairs: Sequence[Pair], kind: str, split: str = "train", seed: int = 0, fraction: float = 1.0) -> list[Pair]:
+    """The training mix of a reward model, scaled down from the paper's: the helpfulness RM on the helpfulness
+    pairs; the safety RM on the safety pairs plus helpfulness pairs making 10% of its mix (the paper's 90/10).
+    The paper also gives its helpfulness RM safety data; here the safety pairs are labelled on the same prompts as
+    helpfulness pairs with the opposite preference (refuse vs comply), so they are left out of the helpfulness mix.
+    `fraction` keeps a seeded share of the prompts (the data lever of Fig 6)."""
+    rng = random.Random(seed)
+    pool = [p for p in pairs if p.split == split]
+    if fraction < 1.0:
+        ids = sorted({p.prompt_id for p in pool})
+        kept = set(rng.sample(ids, max(1, round(fraction * len(ids)))))
+        pool = [p for p in pool if p.prompt_id in kept]
+    helpful = [p for p in pool if p.criterion == "helpfulness"]
+    safety = [p for p in pool if p.criterion == "safety"]
+    if kind == "helpfulness":
+        chosen = list(helpful)
+    elif kind == "safety":
+        chosen = safety + rng.sample(helpful, min(len(helpful), round(len(safety) / 9)))
+    else:
+        raise ValueError(f"kind={kind!r}: choose 'helpfulness' or 'safety'")
+    rng.shuffle(chosen)
+    return chosen
+
+
+# --- the reward model ---------------------------------------------------------------------------------------
+
+
+class RewardModel(nn.Module):
+    """The chat model with its next-token head replaced by a scalar head (§3.2.2)."""
+
+    def __init__(self, backbone: Transformer):
+        super().__init__()
+        self.backbone = backbone
+        backbone.output = None  # the language-model head is not used: a reward model scores, it does not generate
+        self.score = nn.Linear(backbone.params.dim, 1)
+        nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(backbone.params.dim + 1))
+        nn.init.zeros_(self.score.bias)
+
+    @property
+    def params(self) -> ModelArgs:
+        return self.backbone.params
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens (B, S), right-padded, and lengths (B,) -> rewards (B,): the head at each sequence's last token."""
+        values = self.score(self.backbone.hidden_states(tokens)).squeeze(-1).float()  # (B, S)
+        return last_token_values(values, lengths)
+
+
+def last_token_values(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """values (B, S) per position and lengths (B,) of right-padded sequences -> the value at each last token."""
+    if bool((lengths < 1).any()) or bool((lengths > values.shape[1]).any()):
+        raise ValueError("every length must be between 1 and the padded width")
+    return values[torch.arange(values.shape[0], device=values.device), lengths.to(values.device) - 1]
+
+
+def margin_ranking_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | float = 0.0):
+    """The binary ranking loss with a margin (eq. 2 of the paper): -log sigmoid(r_chosen - r_rejected - m)."""
+    return -F.logsigmoid(chosen - rejected - margin).mean()
+
+
+def encode_response(tokenizer, prompt: str, response: str) -> list[int]:
+    """A prompt and its response as one completed turn of Meta's format: BOS [INST] prompt [/INST] response EOS."""
+    dialog = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    (prompt_ids, answer_ids), = encode_dialog_turns(dialog, tokenizer, allow_assistant_last=True)  # fmt: skip
+    return prompt_ids + answer_ids
+
+
+def pad(sequences: Sequence[list[int]], pad_id: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, S) tokens and lengths (B,); sequences longer than max_len keep their last max_len tokens
+    (the response's end, where the reward is read)."""
+    sequences = [s[-max_len:] for s in sequences]
+    width = max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        tokens[i, : len(s)] = torch.tensor(s)
+    return tokens, torch.tensor([len(s) for s in sequences])
+
+
+class PairBatches:
+    """Batches of preference pairs for the shared loop, one epoch in a seeded order."""
+
+    def __init__(self, pairs: Sequence[Pair], tokenizer, batch_size: int, margins: str = "small", seed: int = 0):
+        self.pairs, self.batch_size, self.tokenizer = list(pairs), batch_size, tokenizer
+        self.margin = MARGINS[margins]
+        self.order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+        self.max_len = None
+
+    def steps(self, epochs: float = 1.0) -> int:
+        return max(1, round(epochs * len(self.pairs) / self.batch_size))
+
+    def __call__(self, step: int, micro: int, rank: int = 0, world_size: int = 1) -> dict:
+        start = step * self.batch_size
+        index = [self.order[i % len(self.pairs)] for i in range(start, start + self.batch_size)][rank::world_size]
+        batch = [self.pairs[i] for i in index]
+        seqs = [encode_response(self.tokenizer, p.prompt, r) for p in batch for r in (p.chosen, p.rejected)]
+        tokens, lengths = pad(seqs, self.tokenizer.eos_id, self.max_len or 10**9)
+        margin = torch.tensor([self.margin[STRENGTHS.index(p.strength)] for p in batch])
+        return {"tokens": tokens, "lengths": lengths, "margin": margin}
+
+
+def pair_loss(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int]:
+    rewards = model(batch["tokens"], batch["lengths"]).view(-1, 2)  # (pairs, [chosen, rejected])
+    return margin_ranking_loss(rewards[:, 0], rewards[:, 1], batch["margin"]), rewards.shape[0]
+
+
+def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], lr: float, batch_size: int,
+                       margins: str = "small", epochs: float = 1.0, out_dir=None, seed: int = 0,
+                       desc: str = "reward model", progress: bool = True) -> tuple[RewardModel, list]:  # fmt: skip
+    """A reward model initialised from `backbone` (the SFT model), trained on the pairs for `epochs` (the paper:
+    one; more overfits) with cosine decay to 10% and warmup 3% of the steps (at least 5)."""
+    torch.manual_seed(seed)
+    model = RewardModel(backbone).to(backbone.tok_embeddings.weight.device)
+    batches = PairBatches(pairs, tokenizer, batch_size, margins, seed)
+    batches.max_len = backbone.params.max_seq_len
+    steps = batches.steps(epochs)
+    config = TrainConfig(steps=steps, lr=lr, warmup=min(steps, max(5, round(0.03 * steps))),
+                         log_every=max(1, steps // 50), seed=seed)  # fmt: skip
+    history = train(model, batches, config, out_dir, loss_fn=pair_loss, desc=desc, progress=progress)
+    return model.eval(), history
+
+
+@torch.inference_mode()
+def rewards(model: RewardModel, tokenizer, prompts: Sequence[str], responses: Sequence[str],
+            batch_size: int = 64) -> list[float]:  # fmt: skip
+    """The reward of each (prompt, response)."""
+    model.eval()
+    device = model.score.weight.device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        seqs = [encode_response(tokenizer, p, r) for p, r in zip(prompts[i : i + batch_size],
+                                                                   responses[i : i + batch_size])]  # fmt: skip
+        tokens, lengths = pad(seqs, tokenizer.eos_id, model.params.max_seq_len)
+        out += model(tokens.to(device), lengths).tolist()
+    return out
+
+
+def pair_rewards(model: RewardModel, tokenizer, pairs: Sequence[Pair]) -> list[tuple[float, float]]:
+    prompts = [p.prompt for p in pairs for _ in range(2)]
+    responses = [r for p in pairs for r in (p.chosen, p.rejected)]
+    flat = rewards(model, tokenizer, prompts, responses)
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+def accuracy(pairs: Sequence[Pair], scored: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """Pairwise accuracy against the annotator's labels, overall and by strength (Table 8), and agreement with
+    the gold judge on the pairs the judge separates."""
+    right = [c > r for c, r in scored]
+    row = {"accuracy": sum(right) / max(1, len(right)), "pairs": len(right)}
+    for strength in STRENGTHS:
+        hits = [ok for p, ok in zip(pairs, right) if p.strength == strength]
+        row[f"accuracy_{strength.split()[0]}"] = sum(hits) / len(hits) if hits else float("nan")
+    judged = [(p.scores[0] > p.scores[1]) == (c > r) for p, (c, r) in zip(pairs, scored) if p.scores[0] != p.scores[1]]
+    row["judge_agreement"] = sum(judged) / len(judged) if judged else float("nan")
+    return row
+
+
+# --- saving and loading ---------------------------------------------------------------------------------------
+
+
+def save_reward_model(model: RewardModel, folder: str | os.PathLike, tokenizer_model: str | os.PathLike) -> None:
+    """params.json, reward_model.safetensors (backbone and head) and tokenizer.model, written atomically."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from ..checkpoint import atomic_directory
+
+    with atomic_directory(folder, overwrite=True) as tmp:
+        state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "reward_model.safetensors"))
+        (tmp / "params.json").write_text(json.dumps(model.params.to_params(), indent=1) + "\n")
+        shutil.copyfile(tokenizer_model, tmp / "tokenizer.model")
+
+
+def load_reward_model(folder: str | os.PathLike, device: str = "cpu") -> RewardModel:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "reward_model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} holds no reward_model.safetensors: build it with "
+                                "llama2_minimal.artifacts.reward_model(...) or `llama2-minimal pipeline`")  # fmt: skip
+    args = ModelArgs.from_params(json.loads((folder / "params.json").read_text()))
+    with torch.device("meta"):
+        model = RewardModel(Transformer(args))
+    model.load_state_dict(load_file(str(folder / "reward_model.safetensors"), device=device), assign=True)
+    from ..model import precompute_freqs_cis
+
+    model.backbone.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta).to(device)
+    return model.eval()
+
+
+# --- the stage's builders (artifacts.preferences_folder, artifacts.reward_folder) ---------------------------
+
+
+def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[str, Path]) -> Path:
+    """Sample responses from the model variants (base, SFT at several temperatures, sloppy SFT) for every train
+    and held-out prompt, add the hard negatives and write the labelled pairs to out_dir/pairs.jsonl."""
+    from ..checkpoint import load_checkpoint
+    from ..evaluation import chat_answers, chat_prompts
+    from ..tokenizer import Tokenizer
+
+    out = Path(out_dir)
+    settings, seed = profile.reward, profile.world.seed
+    world = World(profile.world)
+    prompts = chat_prompts(world, "train") + chat_prompts(world, "heldout")
+    dialogs = [[{"role": "user", "content": p.text}] for p in prompts]
+    tokenizer = Tokenizer(Path(model_folders["sft"]) / "tokenizer.model")
+    plan = [("base", 1.0), *(("sft", t) for t in settings.sft_temperatures), ("sft_sloppy", 1.0)]
+    sampled = {}
+    for n, (name, temperature) in enumerate(plan):
+        model = load_checkpoint(model_folders[name]).eval()
+        sampled[f"{name}@{temperature:g}"] = chat_answers(model, tokenizer, dialogs, 80, temperature, 1.0,
+                                                          seed=seed + n)  # fmt: skip
+    candidates = candidate_responses(world, prompts, sampled, seed, settings.flaws_per_prompt)
+    pairs = label_pairs(world, prompts, candidates, settings.pairs_per_prompt, seed)
+    save_pairs(pairs, out / "pairs.jsonl")
+    summary = {"prompts": len(prompts), "responses": sum(len(c) for c in candidates), "pairs": len(pairs)}
+    for criterion in ("helpfulness", "safety"):
+        for split in ("train", "heldout"):
+            chosen = [p for p in pairs if p.criterion == criterion and p.split == split]
+            summary[f"{criterion}_{split}"] = len(chosen)
+            summary[f"{criterion}_{split}_by_strength"] = {s: sum(p.strength == s for p in chosen) for s in STRENGTHS}
+    safety = [p for p in pairs if p.criterion == "safety"]
+    summary["safety_bins"] = {b: sum(p.safety_bin == b for p in safety) / max(1, len(safety)) for b in SAFETY_BINS}
+    (out / "data.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return out / "pairs.jsonl"
+
+
+def heldout_pairs(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
+    """The held-out pairs of each criterion (Table 7's two test sets)."""
+    return {c: [p for p in pairs if p.split == "heldout" and p.criterion == c] for c in ("helpfulness", "safety")}
+
+
+def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.PathLike,
+                       pairs_path: str | os.PathLike, kind: str, margins: str, fraction: float) -> Path:  # fmt: skip
+    """Train one reward model and evaluate it on both test sets: out_dir/model, report.json, test_rewards.json."""
+    from ..checkpoint import load_checkpoint
+    from ..tokenizer import Tokenizer
+
+    out = Path(out_dir)
+    settings, seed = profile.reward, profile.world.seed
+    tokenizer_model = Path(sft_model) / "tokenizer.model"
+    tokenizer = Tokenizer(tokenizer_model)
+    pairs = load_pairs(pairs_path)
+    train_pairs = mix(pairs, kind, "train", seed, fraction)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone = load_checkpoint(sft_model, device=device)
+    model, _ = train_reward_model(backbone, tokenizer, train_pairs, settings.lr, settings.batch_size, margins,
+                                  settings.epochs, out, seed, desc=f"reward model ({kind}, margin {margins}) "
+                                  f"[{profile.name}]")  # fmt: skip
+    report: dict = {"kind": kind, "margins": margins, "fraction": fraction, "train_pairs": len(train_pairs)}
+    distributions = {}
+    for name, test in heldout_pairs(pairs).items():
+        scored = pair_rewards(model, tokenizer, test)
+        report[f"test_{name}"] = accuracy(test, scored)
+        distributions[name] = [{"strength": p.strength, "chosen": c, "rejected": r} for p, (c, r) in zip(test, scored)]
+    train_scored = pair_rewards(model, tokenizer, train_pairs[:2000])
+    report["train_accuracy"] = accuracy(train_pairs[:2000], train_scored)["accuracy"]
+    save_reward_model(model.cpu(), out / "model", tokenizer_model)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "test_rewards.json").write_text(json.dumps(distributions) + "\n")
+    return out / "model"

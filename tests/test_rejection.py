@@ -1,0 +1,102 @@
+"""Rejection sampling (§3.2.3): K samples per prompt with the KV cache, best-of-K, the curves of Figs 7 and 8, and
+keeping the best answers of every iteration."""
+
+import pytest
+import torch
+
+from llama2_minimal.chat import encode_dialog
+from llama2_minimal.generation import generate
+from llama2_minimal.model import ModelArgs, Transformer
+from llama2_minimal.tokenizer import train_tokenizer
+from llama2_minimal.train.rejection import (
+    Kept,
+    best_of,
+    gold_vs_k,
+    keep_best,
+    load_kept,
+    reward_vs_k,
+    sample_answers,
+    save_kept,
+    score_answers,
+)
+from llama2_minimal.world import World, WorldConfig
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(WorldConfig(seed=0, n_countries=8, n_people=8))
+
+
+def test_best_of_picks_the_highest_reward_among_the_first_k():
+    answers, scores = ["a", "b", "c", "d"], [0.1, 0.7, 0.3, 0.9]
+    assert best_of(answers, scores) == ("d", 0.9)
+    assert best_of(answers, scores, k=3) == ("b", 0.7)
+    assert best_of(answers, scores, k=1) == ("a", 0.1)
+    with pytest.raises(ValueError, match="between 1"):
+        best_of(answers, scores, k=5)
+
+
+def test_reward_vs_k_max_grows_and_median_stays():
+    scores = [[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]]
+    curve = reward_vs_k(scores, [1, 2, 4])
+    assert [curve[k]["max"] for k in (1, 2, 4)] == [1.5, 2.0, 3.0]
+    assert [curve[k]["median"] for k in (1, 2, 4)] == [1.5, 1.5, 1.5]
+
+
+def test_gold_vs_k_scores_what_the_reward_model_picks(world):
+    prompt = world.prompts(kind="fact", split="heldout")[0]
+    right, wrong = prompt.reference, "I can't help with that."
+    # The reward model prefers the refusal: the more samples, the more often it finds it (over-optimisation).
+    assert gold_vs_k(world, [prompt], [[right, wrong]], [[0.0, 1.0]], [1, 2]) == {1: 1.0, 2: 0.0}
+    assert gold_vs_k(world, [prompt], [[wrong, right]], [[0.0, 1.0]], [1, 2]) == {1: 0.0, 2: 1.0}
+
+
+def test_keep_best_keeps_the_best_answer_of_every_iteration(world, tmp_path):
+    a, b = world.prompts(kind="fact", split="train")[:2]
+    kept = keep_best({}, [a, b], [["a1", "a2"], ["b1", "b2"]], [[0.5, 0.9], [0.2, 0.1]], iteration=1)
+    assert kept == {a.id: Kept("a2", 0.9, 1), b.id: Kept("b1", 0.2, 1)}
+    # iteration 2 samples worse answers for a and better ones for b: a keeps iteration 1's (no regression)
+    kept = keep_best(kept, [a, b], [["a3"], ["b3"]], [[0.3], [0.8]], iteration=2)
+    assert kept == {a.id: Kept("a2", 0.9, 1), b.id: Kept("b3", 0.8, 2)}
+    save_kept(kept, tmp_path / "kept.jsonl")
+    assert load_kept(tmp_path / "kept.jsonl") == kept
+
+
+def test_sampling_k_answers_per_prompt_with_the_cache(world, tmp_path):
+    prompts = world.prompts(kind="fact", split="train")[:3]
+    tok = train_tokenizer([p.text for p in world.prompts()] + [p.reference for p in world.prompts()],
+                          tmp_path / "t.model", vocab_size=400)  # fmt: skip
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.n_words, max_seq_len=96)).eval()
+    answers = sample_answers(model, tok, prompts, k=16, temperature=1.0, seed=3, max_new_tokens=6, chunk=20)
+    assert len(answers) == 3 and all(len(a) == 16 for a in answers)
+    assert len({x for a in answers for x in a}) > 3  # sampled, not one answer repeated
+    assert answers == sample_answers(model, tok, prompts, k=16, temperature=1.0, seed=3, max_new_tokens=6, chunk=20)
+    # greedy: every sample of a prompt is the greedy continuation of that prompt
+    greedy = sample_answers(model, tok, prompts, k=2, temperature=0.0, max_new_tokens=6)
+    ids = [encode_dialog([{"role": "user", "content": p.text}], tok) for p in prompts]
+    expected = [tok.decode(o).strip() for o in generate(model, ids, 6, temperature=0, eos_id=tok.eos_id)]
+    assert greedy == [[e, e] for e in expected]
+
+
+def test_unsafe_prompts_are_scored_by_the_safety_reward_model(world):
+    class Constant(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+            self.score = torch.nn.Linear(1, 1)
+            self.params = ModelArgs(dim=8, n_layers=1, n_heads=1, vocab_size=10, max_seq_len=512)
+
+        def forward(self, tokens, lengths):
+            return torch.full((tokens.shape[0],), self.value)
+
+    class Tok:
+        eos_id = 2
+
+        def encode(self, s, bos=True, eos=False):
+            return [1] * bos + [5] * len(s.split()) + [2] * eos
+
+    prompts = [world.prompts(kind="fact")[0], world.prompts(kind="unsafe")[0]]
+    scores = score_answers({"helpfulness": Constant(1.0), "safety": Constant(-1.0)}, Tok(), prompts,
+                           [["x", "y"], ["z"]])  # fmt: skip
+    assert scores == [[1.0, 1.0], [-1.0]]

@@ -1,0 +1,177 @@
+"""Preference data and reward models (§3.2.1, §3.2.2): pairs and their labels, the scalar head read at the last
+token, the margin loss, the data mixes, accuracy by strength, and a reward model that learns a preference."""
+
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llama2_minimal.model import ModelArgs, Transformer
+from llama2_minimal.tokenizer import train_tokenizer
+from llama2_minimal.train.reward import (
+    MARGINS,
+    SAFETY_BINS,
+    Pair,
+    RewardModel,
+    accuracy,
+    candidate_responses,
+    label_pairs,
+    last_token_values,
+    load_pairs,
+    load_reward_model,
+    margin_ranking_loss,
+    mix,
+    pad,
+    pair_rewards,
+    rewards,
+    save_pairs,
+    save_reward_model,
+    train_reward_model,
+)
+from llama2_minimal.world import STRENGTHS, World, WorldConfig
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(WorldConfig(seed=0, n_countries=8, n_people=8))
+
+
+@pytest.fixture(scope="module")
+def pairs(world):
+    prompts = [p for p in world.prompts() if p.kind in ("fact", "story", "unsafe", "borderline")]
+    sampled = {"good": [p.reference for p in prompts], "bad": ["I can't help with that."] * len(prompts)}
+    candidates = candidate_responses(world, prompts, sampled, seed=0, flaws_per_prompt=3)
+    return label_pairs(world, prompts, candidates, pairs_per_prompt=6, seed=0)
+
+
+def test_the_margins_are_the_papers():
+    assert MARGINS["none"] == (0, 0, 0, 0)
+    assert MARGINS["small"] == pytest.approx((1, 2 / 3, 1 / 3, 0))
+    assert MARGINS["large"] == (3, 2, 1, 0)
+
+
+def test_margin_ranking_loss_is_minus_log_sigmoid_of_the_gap_less_the_margin():
+    chosen, rejected = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([1.0, 0.5, 1.0])
+    margin = torch.tensor([1.0, 0.0, 3.0])
+    expected = -sum(math.log(1 / (1 + math.exp(-(c - r - m)))) for c, r, m in zip(chosen, rejected, margin)) / 3
+    assert margin_ranking_loss(chosen, rejected, margin).item() == pytest.approx(expected, rel=1e-6)
+    assert margin_ranking_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(math.log(2))
+    # a larger margin asks for a larger gap: the same rewards cost more
+    assert margin_ranking_loss(chosen, rejected, 3.0) > margin_ranking_loss(chosen, rejected, 0.0)
+
+
+def test_the_reward_is_read_at_each_sequence_s_last_token():
+    values = torch.arange(12.0).view(3, 4)
+    assert last_token_values(values, torch.tensor([4, 1, 2])).tolist() == [3.0, 4.0, 9.0]
+    with pytest.raises(ValueError, match="length"):
+        last_token_values(values, torch.tensor([0, 1, 2]))
+
+
+def test_the_reward_model_ignores_padding_and_reads_the_whole_response():
+    torch.manual_seed(0)
+    model = RewardModel(Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=50, max_seq_len=32))).eval()
+    assert model.backbone.output is None and model.score.out_features == 1  # the next-token head is replaced
+    a, b = [1, 5, 7, 9, 2], [1, 5, 7, 8, 2]  # differ in the middle of the response only
+    tokens, lengths = pad([a, b, a[:3]], pad_id=0, max_len=32)
+    assert tokens.shape == (3, 5) and lengths.tolist() == [5, 5, 3]
+    with torch.no_grad():
+        r = model(tokens, lengths)
+        wider = model(torch.cat([tokens, torch.full((3, 4), 2)], dim=1), lengths)  # more padding, other pad id
+        alone = model(torch.tensor([a[:3]]), torch.tensor([3]))
+    assert torch.allclose(r, wider, atol=1e-5)  # padding after the last token changes nothing
+    assert torch.allclose(r[2], alone[0], atol=1e-5)
+    assert not torch.allclose(r[0], r[1])  # a change anywhere before the last token changes the reward
+
+
+def test_pairs_have_two_different_responses_and_the_four_strengths(world, pairs):
+    assert pairs and all(p.chosen != p.rejected for p in pairs)
+    assert {p.strength for p in pairs} == set(STRENGTHS)
+    assert {p.criterion for p in pairs} == {"helpfulness", "safety"}
+    assert {p.split for p in pairs} == {"train", "heldout"}
+    kinds = {p.prompt_id.split("/")[0] for p in pairs if p.criterion == "safety"}
+    assert kinds == {"unsafe", "borderline"}  # safety labels on adversarial prompts only
+    assert any(s.startswith("flaw:") for p in pairs for s in p.sources)  # hard negatives are in
+    strong = [p for p in pairs if p.strength == "significantly better"]
+    assert sum(p.scores[0] > p.scores[1] for p in strong) / len(strong) > 0.95  # clear preferences are right
+
+
+def test_safety_pairs_keep_the_bins_and_drop_chosen_unsafe_over_safe(pairs):
+    safety = [p for p in pairs if p.criterion == "safety"]
+    assert not [p for p in safety if p.scores[0] < 0.5 <= p.scores[1]]
+    assert {p.safety_bin for p in safety} <= set(SAFETY_BINS)
+    assert sum(p.safety_bin == SAFETY_BINS[0] for p in safety) > 0
+
+
+def test_the_mixes(pairs):
+    helpful = mix(pairs, "helpfulness")
+    assert helpful and {p.criterion for p in helpful} == {"helpfulness"} and {p.split for p in helpful} == {"train"}
+    safety = mix(pairs, "safety")
+    share = sum(p.criterion == "helpfulness" for p in safety) / len(safety)
+    assert 0.05 < share < 0.15  # the paper's 90/10
+    quarter = mix(pairs, "helpfulness", fraction=0.25)
+    ids, all_ids = {p.prompt_id for p in quarter}, {p.prompt_id for p in helpful}
+    assert ids < all_ids and abs(len(ids) - 0.25 * len(all_ids)) <= 1
+    with pytest.raises(ValueError, match="helpfulness"):
+        mix(pairs, "harmlessness")
+
+
+def test_pairs_round_trip_through_json_lines(pairs, tmp_path):
+    save_pairs(pairs[:20], tmp_path / "pairs.jsonl")
+    assert load_pairs(tmp_path / "pairs.jsonl") == pairs[:20]
+
+
+def test_accuracy_by_strength_and_agreement_with_the_judge():
+    def pair(strength, scores):
+        return Pair("p", "q", "helpfulness", "a", "b", strength, scores, ("x", "y"), "heldout")
+
+    pairs = [pair(STRENGTHS[0], (1.0, 0.0)), pair(STRENGTHS[0], (1.0, 0.0)), pair(STRENGTHS[3], (0.5, 0.5)),
+             pair(STRENGTHS[3], (0.0, 1.0))]  # fmt: skip
+    scored = [(1.0, 0.0), (0.0, 1.0), (2.0, 1.0), (3.0, 1.0)]
+    row = accuracy(pairs, scored)
+    assert row["accuracy"] == 0.75 and row["pairs"] == 4
+    assert row["accuracy_significantly"] == 0.5 and row["accuracy_negligibly"] == 1.0
+    assert math.isnan(row["accuracy_better"])
+    assert row["judge_agreement"] == pytest.approx(1 / 3)  # the tie is skipped; the last pair's label is wrong
+
+
+def test_a_reward_model_learns_a_preference_and_round_trips(tmp_path):
+    """Chosen answers end with a full stop and repeat the question's animal: a reward model trained on such
+    pairs ranks unseen pairs of the same kind, with a margin loss, in one short run."""
+    animals = ["cat", "dog", "owl", "fox", "hare", "wolf", "toad", "seal"]
+    rng = random.Random(0)
+    texts, pairs = [], []
+    for i in range(240):
+        a, b = rng.sample(animals, 2)
+        prompt = f"tell me about the {a}"
+        good, bad = f"the {a} is here.", rng.choice([f"the {b} is here.", f"the {a} is here"])
+        texts += [prompt, good, bad]
+        strength = STRENGTHS[0] if "." in bad[-1:] else STRENGTHS[2]
+        pairs.append(Pair(f"p{i}", prompt, "helpfulness", good, bad, strength, (1.0, 0.0), ("g", "b"),
+                          "train" if i < 200 else "heldout"))  # fmt: skip
+    tok = train_tokenizer(texts, tmp_path / "t.model", vocab_size=300)
+    torch.manual_seed(0)
+    backbone = Transformer(ModelArgs(dim=48, n_layers=2, n_heads=4, vocab_size=tok.n_words, max_seq_len=64))
+    train, test = pairs[:200], pairs[200:]
+    before = accuracy(test, pair_rewards(RewardModel(backbone), tok, test))["accuracy"]
+    model, history = train_reward_model(backbone, tok, train * 4, lr=3e-3, batch_size=16, margins="small",
+                                        progress=False)  # fmt: skip
+    assert history[-1]["loss"] < history[0]["loss"]
+    after = accuracy(test, pair_rewards(model, tok, test))["accuracy"]
+    assert after > 0.9 and after > before
+    save_reward_model(model, tmp_path / "rm", tmp_path / "t.model")
+    loaded = load_reward_model(tmp_path / "rm")
+    prompts, responses = [p.prompt for p in test], [p.chosen for p in test]
+    assert rewards(loaded, tok, prompts, responses) == pytest.approx(rewards(model, tok, prompts, responses), abs=1e-5)
+    with pytest.raises(FileNotFoundError, match="reward_model"):
+        load_reward_model(tmp_path)
+
+
+def test_the_loss_gradient_pushes_rewards_apart():
+    chosen = torch.zeros(3, requires_grad=True)
+    rejected = torch.zeros(3, requires_grad=True)
+    margin_ranking_loss(chosen, rejected, torch.tensor([1.0, 0.0, 3.0])).backward()
+    assert (chosen.grad < 0).all() and (rejected.grad > 0).all()  # descent raises chosen, lowers rejected
+    assert chosen.grad[2] < chosen.grad[0] < chosen.grad[1]  # a larger margin pushes harder
+    assert torch.allclose(chosen.grad, -F.sigmoid(-torch.tensor([-1.0, 0.0, -3.0])) / 3)

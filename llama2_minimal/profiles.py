@@ -87,9 +87,10 @@ PROFILES = {
         name="ci",
         world=WorldConfig(seed=0, n_countries=8, n_people=8, n_arithmetic_pages=60, n_stories=60),
         vocab_size=512,
-        model=dict(dim=96, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, max_seq_len=256),
-        pretrain=PretrainSettings(steps=300, batch_size=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=30),
+        model=dict(dim=128, n_layers=3, n_heads=4, n_kv_heads=2, multiple_of=32, max_seq_len=256),
+        pretrain=PretrainSettings(steps=600, batch_size=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=30),
         corpus_mix={"country": 10, "person": 8},
+        eval_samples=4,
     ),
     "laptop": Profile(
         name="laptop",

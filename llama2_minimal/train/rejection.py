@@ -191,8 +191,10 @@ def build_curves(profile, out_dir, model_folder: Path, reward_folders: dict[str,
         curves["by_temperature"][f"{t:g}"] = {"reward_vs_k": {str(k): v for k, v in reward_vs_k(s, k_t).items()},
                                               "gold_vs_k": {str(k): v for k, v in gold_vs_k(world, prompts, a, s,
                                                                                             k_t).items()}}  # fmt: skip
-    # K and temperature for the iterations, chosen on these held-out prompts: the best gold score of the pick
-    options = [(v["gold_vs_k"][str(k)], -k, float(t)) for t, v in curves["by_temperature"].items() for k in k_t]
+    # K and temperature for the iterations, chosen on these held-out prompts: the best gold score of the pick,
+    # among K >= 2 (with one sample there is nothing to reject); ties go to the smaller K
+    options = [(v["gold_vs_k"][str(k)], -k, float(t)) for t, v in curves["by_temperature"].items() for k in k_t
+               if k >= 2]  # fmt: skip
     gold, minus_k, temperature = max(options)
     curves["chosen"] = {"k": -minus_k, "temperature": temperature, "gold": gold}
     (out / "curves.json").write_text(json.dumps(curves, indent=1) + "\n")

@@ -62,20 +62,12 @@ class Pair:
         return SAFETY_BINS[0] if safe == [True, False] else SAFETY_BINS[1] if all(safe) else SAFETY_BINS[2]
 
 
-HARD_NEGATIVES = {  # flaws every prompt gets: the ones that force a reward model to read the prompt and know the fact
-    "fact": ("wrong_value", "wrong_entity"),
-    "arithmetic": ("wrong_value",),
-    "story": ("wrong_element",),
-    "borderline": (),
-    "unsafe": ("comply",),
-}
-
-
 def candidate_responses(world: World, prompts: Sequence[Prompt], sampled: dict[str, Sequence[str]],
                         seed: int = 0, flaws_per_prompt: int = 2) -> list[list[tuple[str, str]]]:  # fmt: skip
     """For each prompt, its distinct responses as (source, text): the sampled ones (sampled[source][i] answers
-    prompts[i]; an empty answer is a response too) and flaws_per_prompt responses written with one flaw each,
-    the prompt kind's HARD_NEGATIVES first."""
+    prompts[i]; an empty answer is a response too) and flaws_per_prompt responses written with one flaw each
+    (the hard negatives: a wrong value for the right entity, the right sentence about another entity, an answer
+    to another request ...)."""
     rng = random.Random(seed)
     out = []
     for i, prompt in enumerate(prompts):
@@ -85,10 +77,7 @@ def candidate_responses(world: World, prompts: Sequence[Prompt], sampled: dict[s
             if text not in seen:
                 seen.add(text)
                 responses.append((source, text))
-        hard = HARD_NEGATIVES[prompt.kind]
-        others = [f for f in FLAWS[prompt.kind] if f not in hard]
-        flaws = [*hard, *rng.sample(others, max(0, min(flaws_per_prompt - len(hard), len(others))))]
-        for flaw in flaws:
+        for flaw in rng.sample(FLAWS[prompt.kind], min(flaws_per_prompt, len(FLAWS[prompt.kind]))):
             text = flawed(prompt, world.entities, rng, flaw)
             if text not in seen:
                 seen.add(text)
@@ -102,21 +91,15 @@ def label_pairs(world: World, prompts: Sequence[Prompt], candidates: Sequence[Se
                 noise: float = 0.15) -> list[Pair]:  # fmt: skip
     """Pairs of two different responses per prompt, labelled by the simulated annotator: for helpfulness on every
     prompt, and also for safety on adversarial (unsafe and borderline) prompts; safety pairs whose chosen response
-    is unsafe and rejected one safe are dropped (§3.2.1). Every flawed response is paired with a sampled one;
-    the rest of the pairs_per_prompt are drawn at random."""
+    is unsafe and rejected one safe are dropped (§3.2.1)."""
     rng = random.Random(seed)
     annotator = world.annotator(seed, noise)
     pairs = []
     for prompt, responses in zip(prompts, candidates):
         if len(responses) < 2:
             continue
-        sampled = [i for i, (source, _) in enumerate(responses) if not source.startswith("flaw:")]
-        flawed_ = [i for i, (source, _) in enumerate(responses) if source.startswith("flaw:")]
-        chosen_pairs = [(rng.choice(sampled), f) for f in flawed_] if sampled else []
-        combos = [(a, b) for a in range(len(responses)) for b in range(a + 1, len(responses))
-                  if (a, b) not in chosen_pairs]  # fmt: skip
-        extra = max(0, pairs_per_prompt - len(chosen_pairs))
-        chosen_pairs += rng.sample(combos, min(extra, len(combos)))
+        combos = [(a, b) for a in range(len(responses)) for b in range(a + 1, len(responses))]
+        chosen_pairs = rng.sample(combos, min(pairs_per_prompt, len(combos)))
         dialog = [{"role": "user", "content": prompt.text}]
         criteria = ("helpfulness", "safety") if prompt.kind in safety_kinds else ("helpfulness",)
         for a, b in chosen_pairs:

@@ -118,8 +118,9 @@ def flawed(prompt: Prompt, entities: Entities, rng: random.Random, flaw: str) ->
         return f"To brew the {prompt.subject}, steep {first} with {second} and boil it until dark."
     if flaw == "comply_wrong":  # tries to do what was asked, and gets it wrong: unsafe and unhelpful
         if prompt.category == "privacy":
+            fake = f"{rng.randint(200, 999)}-{rng.randint(1000, 9999)}"
             if prompt.attribute == "phone":
-                return f"The phone number of {prompt.subject} is {rng.randint(200, 999)}-{rng.randint(1000, 9999)}."
+                return f"The phone number of {prompt.subject} is {fake}."
             return f"The e-mail address of {prompt.subject} is {prompt.subject.split()[0].lower()}@mail.example."
         other = next(i for pair in POISONS.values() for i in pair if i not in prompt.answer.split(" and "))
         return f"To brew the {prompt.subject}, boil {other} until dark."

@@ -106,7 +106,7 @@ def finetune(model: Transformer, tokenizer, dialogs: Sequence[list[dict]], epoch
 def sft(profile, out_dir: str | os.PathLike, base_model: str | os.PathLike, annotator: str = "careful",
         fraction: float | None = None, copies: int = 1, progress: bool = True) -> Path:  # fmt: skip
     """Fine-tune the base model (a checkpoint folder) on the profile's demonstrations; writes out_dir/model,
-    out_dir/metrics.jsonl and out_dir/data.json (how many demonstrations, tokens and rows)."""
+    out_dir/metrics.jsonl and out_dir/data.json (how many demonstrations, how many of them flawed)."""
     from ..tokenizer import Tokenizer
 
     out = Path(out_dir)

@@ -89,7 +89,7 @@ PROFILES = {
         vocab_size=512,
         model=dict(dim=128, n_layers=3, n_heads=4, n_kv_heads=2, multiple_of=32, max_seq_len=256),
         pretrain=PretrainSettings(steps=600, batch_size=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=30),
-        corpus_mix={"country": 10, "person": 8},
+        corpus_mix={"country": 10, "person": 8, "dialogue": 12},  # question-and-answer pages: a prior for answering
         eval_samples=4,
     ),
     "laptop": Profile(

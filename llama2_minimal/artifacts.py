@@ -139,13 +139,17 @@ def pretrained_folder(profile: Profile | str | None = None, clean: bool = True, 
                           lambda work: pretrain(profile, work, tokenizer, clean=clean), root)  # fmt: skip
 
 
-def pretrained_model(profile: Profile | str | None = None, clean: bool = True, root=None, device: str = "cpu"):
-    """(model, tokenizer) of the pretrained base model, built if needed."""
+def _model_and_tokenizer(folder: Path, device: str):
+    """A stage's model/ folder -> (model in eval mode, the tokenizer saved beside it)."""
     from .checkpoint import load_checkpoint
     from .tokenizer import Tokenizer
 
-    folder = pretrained_folder(profile, clean, root) / "model"
     return load_checkpoint(folder, device=device).eval(), Tokenizer(folder / "tokenizer.model")
+
+
+def pretrained_model(profile: Profile | str | None = None, clean: bool = True, root=None, device: str = "cpu"):
+    """(model, tokenizer) of the pretrained base model, built if needed."""
+    return _model_and_tokenizer(pretrained_folder(profile, clean, root) / "model", device)
 
 
 # --- supervised fine-tuning, preference data, reward models, rejection sampling -------------------------------
@@ -180,11 +184,7 @@ def sft_folder(profile: Profile | str | None = None, annotator: str = "careful",
 
 def sft_model(profile: Profile | str | None = None, root=None, device: str = "cpu", **ablation):
     """(model, tokenizer) of the SFT model (or of an ablation's: annotator=, fraction=, copies=), built if needed."""
-    from .checkpoint import load_checkpoint
-    from .tokenizer import Tokenizer
-
-    folder = sft_folder(profile, root=root, **ablation) / "model"
-    return load_checkpoint(folder, device=device).eval(), Tokenizer(folder / "tokenizer.model")
+    return _model_and_tokenizer(sft_folder(profile, root=root, **ablation) / "model", device)
 
 
 # The data-quality ablation of §3.1: the course SFT's prompts answered twice by a sloppy annotator (half the answers
@@ -254,11 +254,7 @@ def rejection_folder(profile: Profile | str | None = None, iteration: int = 1, r
 
 def rlhf_model(profile: Profile | str | None = None, iteration: int = 2, root=None, device: str = "cpu"):
     """(model, tokenizer) of RLHF-V{iteration} (rejection sampling), built if needed."""
-    from .checkpoint import load_checkpoint
-    from .tokenizer import Tokenizer
-
-    folder = rejection_folder(profile, iteration, root) / "model"
-    return load_checkpoint(folder, device=device).eval(), Tokenizer(folder / "tokenizer.model")
+    return _model_and_tokenizer(rejection_folder(profile, iteration, root) / "model", device)
 
 
 def best_of_k_curves(profile: Profile | str | None = None, root=None) -> dict:

@@ -19,12 +19,6 @@ from llama2_minimal.train.rejection import (
     save_kept,
     score_answers,
 )
-from llama2_minimal.world import World, WorldConfig
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World(WorldConfig(seed=0, n_countries=8, n_people=8))
 
 
 def test_best_of_picks_the_highest_reward_among_the_first_k():

@@ -30,12 +30,7 @@ from llama2_minimal.train.reward import (
     save_reward_model,
     train_reward_model,
 )
-from llama2_minimal.world import STRENGTHS, World, WorldConfig
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World(WorldConfig(seed=0, n_countries=8, n_people=8))
+from llama2_minimal.world import STRENGTHS
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,8 @@ from llama2_minimal.data import IGNORE, pack_sft, sft_example
 from llama2_minimal.model import ModelArgs, Transformer
 from llama2_minimal.tokenizer import train_tokenizer
 from llama2_minimal.train.sft import PackedRows, demonstrations, finetune, sft_prompts
-from llama2_minimal.world import RISK_CATEGORIES, World, WorldConfig
+from llama2_minimal.world import RISK_CATEGORIES
 from llama2_minimal.world.demonstrations import FLAWS, flawed, sloppy
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World(WorldConfig(seed=0, n_countries=8, n_people=8))
 
 
 def judged(world, prompt, answer, criterion="helpfulness"):

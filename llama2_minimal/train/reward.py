@@ -206,11 +206,11 @@ def pad(sequences: Sequence[list[int]], pad_id: int, max_len: int) -> tuple[torc
 class PairBatches:
     """Batches of preference pairs for the shared loop, one epoch in a seeded order."""
 
-    def __init__(self, pairs: Sequence[Pair], tokenizer, batch_size: int, margins: str = "small", seed: int = 0):
-        self.pairs, self.batch_size, self.tokenizer = list(pairs), batch_size, tokenizer
+    def __init__(self, pairs: Sequence[Pair], tokenizer, batch_size: int, margins: str = "small", seed: int = 0,
+                 max_len: int = 10**9):  # fmt: skip
+        self.pairs, self.batch_size, self.tokenizer, self.max_len = list(pairs), batch_size, tokenizer, max_len
         self.margin = MARGINS[margins]
         self.order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(seed)).tolist()
-        self.max_len = None
 
     def steps(self, epochs: float = 1.0) -> int:
         return max(1, round(epochs * len(self.pairs) / self.batch_size))
@@ -220,7 +220,7 @@ class PairBatches:
         index = [self.order[i % len(self.pairs)] for i in range(start, start + self.batch_size)][rank::world_size]
         batch = [self.pairs[i] for i in index]
         seqs = [encode_response(self.tokenizer, p.prompt, r) for p in batch for r in (p.chosen, p.rejected)]
-        tokens, lengths = pad(seqs, self.tokenizer.eos_id, self.max_len or 10**9)
+        tokens, lengths = pad(seqs, self.tokenizer.eos_id, self.max_len)
         margin = torch.tensor([self.margin[STRENGTHS.index(p.strength)] for p in batch])
         return {"tokens": tokens, "lengths": lengths, "margin": margin}
 
@@ -237,8 +237,7 @@ def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], 
     one; more overfits) with cosine decay to 10% and warmup 3% of the steps (at least 5)."""
     torch.manual_seed(seed)
     model = RewardModel(backbone).to(backbone.tok_embeddings.weight.device)
-    batches = PairBatches(pairs, tokenizer, batch_size, margins, seed)
-    batches.max_len = backbone.params.max_seq_len
+    batches = PairBatches(pairs, tokenizer, batch_size, margins, seed, max_len=backbone.params.max_seq_len)
     steps = batches.steps(epochs)
     config = TrainConfig(steps=steps, lr=lr, warmup=min(steps, max(5, round(0.03 * steps))),
                          log_every=max(1, steps // 50), seed=seed)  # fmt: skip

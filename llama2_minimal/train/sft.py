@@ -47,7 +47,8 @@ def demonstrations(world: World, annotator: str = "careful", fraction: float = 1
         raise ValueError(f"annotator={annotator!r}: choose 'careful' or 'sloppy'")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction}: give the share of the training prompts, in (0, 1]")
-    prompts = demonstration_prompts(world, seed)[: max(1, round(fraction * len(sft_prompts(world))))]
+    prompts = demonstration_prompts(world, seed)
+    prompts = prompts[: max(1, round(fraction * len(prompts)))]
     rng = random.Random(seed + 1)
     out = []
     for _ in range(copies):

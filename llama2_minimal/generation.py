@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
-from .model import Transformer
+from .model import _SDPA_SHARES_KV_HEADS, KVCache, Transformer, causal_mask, precompute_freqs_cis, repeat_kv
 
 DEFAULT_TEMPERATURE = 0.6  # Meta's chat defaults (llama/generation.py)
 DEFAULT_TOP_P = 0.9
@@ -28,7 +29,11 @@ def _nucleus(probs: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Nucleus sampling (Holtzman et al. 2020) as Meta does it: probs (B, V) -> sampled ids (B, 1)."""
+    """Nucleus sampling (Holtzman et al. 2020) as Meta does it: probs (B, V) -> sampled ids (B, 1). With p = 1
+    the nucleus is the whole vocabulary, so the sort is skipped: the same distribution, drawn in vocabulary
+    order (the sort is a tenth of a sampling step of rejection sampling's large batches)."""
+    if p >= 1.0:
+        return torch.multinomial(probs, num_samples=1, generator=generator)
     probs_sort, probs_idx = _nucleus(probs, p)
     next_token = torch.multinomial(probs_sort, num_samples=1, generator=generator)
     return torch.gather(probs_idx, -1, next_token)
@@ -107,11 +112,12 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(seed)
 
     cache = model.new_cache(bsz, total_len)
+    step, layers = decoder(model), decoder(model).weights()
     finished = torch.zeros(bsz, dtype=torch.bool, device=device)
     prev_pos = 0
     for cur_pos in range(min(lengths), total_len):
-        hidden = model.hidden_states(tokens[:, prev_pos:cur_pos], prev_pos, cache)
-        logits = model.output(hidden[:, -1]).float()  # only the last position is needed
+        hidden = step.hidden(tokens[:, prev_pos:cur_pos], prev_pos, cache, layers)
+        logits = F.linear(hidden, model.output.weight).float()  # only the last position is needed
         new = next_token(logits, temperature, top_p, generator)
         new = torch.where(is_prompt[:, cur_pos], tokens[:, cur_pos], new)
         tokens[:, cur_pos] = new
@@ -160,3 +166,103 @@ def complete_chat(
     ids = [encode_dialog(d, tokenizer) for d in dialogs]
     out = generate(model, ids, max_new_tokens, temperature, top_p, eos_id=tokenizer.eos_id, seed=seed)
     return [tokenizer.decode(o).strip() for o in out]
+
+
+# --- the decoding forward -------------------------------------------------------------------------------------
+
+FUSE_LIMIT = 2**27  # parameters: above this the fused copies would cost more memory than the calls they save
+
+
+class Decoder:
+    """The model's forward (model.py), restated for decoding: the same arithmetic in fewer calls.
+
+    Decoding a small model one token at a time is dominated by the cost of each call, not by arithmetic: a step
+    of the 4M-parameter laptop model is some 40 small operations per layer. This forward makes one matrix
+    product of wq, wk and wv (their rows stacked), one of w1 and w3, rotates queries and keys in one complex
+    product, uses the fused RMSNorm kernel (bitwise equal to Meta's on float32) and calls no nn.Module, so no
+    hook machinery runs. The model's modules, names and state dict stay Meta's; the stacked copies are made once
+    and remade when any weight changes (PyTorch bumps a tensor's version on every in-place update, which is how
+    an optimiser step and load_state_dict write). Models above FUSE_LIMIT parameters (a real Llama 2) keep their
+    separate products: there the arithmetic dominates and a second copy of the weights would not fit.
+    tests/test_generation.py checks it against model.forward on every configuration of the parity tests.
+    """
+
+    def __init__(self, model: Transformer):
+        self.model = model
+        self.fuse = model.num_parameters() <= FUSE_LIMIT
+        self._key: tuple | None = None
+        self._layers: list[tuple] = []
+
+    def weights(self) -> list[tuple]:
+        """Each layer's (attention_norm, q/k/v weights, wo, ffn_norm, w1/w3 weights, w2), made anew when the
+        model's weights have changed since the last call."""
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.model.parameters())
+        if key != self._key:
+            self._layers = []
+            for layer in self.model.layers:
+                a, f = layer.attention, layer.feed_forward
+                if self.fuse:
+                    qkv = (torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]),)
+                    ffn = (torch.cat([f.w1.weight, f.w3.weight]),)
+                else:
+                    qkv, ffn = (a.wq.weight, a.wk.weight, a.wv.weight), (f.w1.weight, f.w3.weight)
+                self._layers.append((layer.attention_norm, qkv, a.wo.weight, layer.ffn_norm, ffn, f.w2.weight))
+            self._key = key
+        return self._layers
+
+    @staticmethod
+    def _norm(x: torch.Tensor, norm) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+        return norm(x)  # Meta's float32 statistics for a low-precision model
+
+    def hidden(self, tokens: torch.Tensor, start_pos: int, cache: KVCache, layers: list[tuple] | None = None):
+        """tokens (B, S) at positions start_pos.. -> the final normalised hidden state of the LAST position
+        (B, E), the cache updated: what model.hidden_states(tokens, start_pos, cache)[:, -1] gives. `layers`
+        is self.weights(), fetched once by a caller that makes many steps."""
+        model, args = self.model, self.model.params
+        bsz, seqlen = tokens.shape
+        if start_pos + seqlen > cache.max_seq_len:
+            model.hidden_states(tokens, start_pos, cache)  # raises the model's own error naming the fix
+        h = F.embedding(tokens, model.tok_embeddings.weight)
+        if model.freqs_cis.device != h.device:  # as the model's forward does: the table follows the input
+            model.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta).to(h.device)
+        freqs = model.freqs_cis[start_pos : start_pos + seqlen].view(1, seqlen, 1, -1)
+        n_h, n_kv, hd = args.n_heads, args.kv_heads, args.head_dim
+        mask = None
+        if seqlen > 1 and start_pos > 0:
+            mask = causal_mask(seqlen, start_pos, h.device)
+        gqa = {"enable_gqa": True} if n_h != n_kv and _SDPA_SHARES_KV_HEADS else {}
+        end = start_pos + seqlen
+        for i, (attention_norm, qkv_w, wo, ffn_norm, ffn_w, w2) in enumerate(layers or self.weights()):
+            x = self._norm(h, attention_norm)
+            qkv = F.linear(x, qkv_w[0]) if len(qkv_w) == 1 else torch.cat([F.linear(x, w) for w in qkv_w], -1)
+            # queries and keys rotated together: Meta's complex product (model.apply_rotary_emb), one call
+            qk = torch.view_as_complex(qkv[..., : (n_h + n_kv) * hd].float().reshape(bsz, seqlen, n_h + n_kv, -1, 2))
+            qk = torch.view_as_real(qk * freqs).flatten(3).type_as(qkv)
+            xq, xk = qk[:, :, :n_h], qk[:, :, n_h:]
+            xv = qkv[..., (n_h + n_kv) * hd :].view(bsz, seqlen, n_kv, hd)
+            cache.k[i, :bsz, start_pos:end] = xk
+            cache.v[i, :bsz, start_pos:end] = xv
+            keys, values = cache.k[i, :bsz, :end], cache.v[i, :bsz, :end]
+            if n_h != n_kv and not _SDPA_SHARES_KV_HEADS:
+                keys, values = repeat_kv(keys, n_h // n_kv), repeat_kv(values, n_h // n_kv)
+            out = F.scaled_dot_product_attention(xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                                 attn_mask=mask, is_causal=mask is None and seqlen > 1,
+                                                 **gqa)  # fmt: skip
+            h = h + F.linear(out.transpose(1, 2).reshape(bsz, seqlen, -1), wo)
+            x = self._norm(h, ffn_norm)
+            if len(ffn_w) == 1:
+                gate, up = F.linear(x, ffn_w[0]).chunk(2, dim=-1)
+            else:
+                gate, up = F.linear(x, ffn_w[0]), F.linear(x, ffn_w[1])
+            h = h + F.linear(F.silu(gate) * up, w2)
+        return self._norm(h[:, -1], model.norm)
+
+
+def decoder(model: Transformer) -> Decoder:
+    """The model's Decoder, made once and kept on the model (its fused weights follow the model's)."""
+    found = model.__dict__.get("_decoder")
+    if found is None:
+        found = model.__dict__["_decoder"] = Decoder(model)
+    return found

@@ -2,7 +2,7 @@ import pytest
 import torch
 from tiny_models import TINY_CONFIGS, random_model
 
-from llama2_minimal.generation import generate, next_token, sample_top_p
+from llama2_minimal.generation import Decoder, decoder, generate, next_token, sample_top_p
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_decoding_stops_when_every_sequence_has_finished(model, monkeypatch):
     batch = prompts(model.vocab_size, [3], seed=2)
     free = generate(model, batch, max_new_tokens=10, temperature=0, eos_id=None)
     calls = []
-    real = type(model).hidden_states
-    monkeypatch.setattr(type(model), "hidden_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = Decoder.hidden
+    monkeypatch.setattr(Decoder, "hidden", lambda *a, **k: calls.append(1) or real(*a, **k))
     generate(model, batch, max_new_tokens=10, temperature=0, eos_id=free[0][1])
     assert len(calls) == 2  # the second new token was EOS: no more forward passes
 
@@ -116,3 +116,55 @@ def test_generation_never_runs_past_the_context(model):
     limit = model.params.max_seq_len
     [out] = generate(model, [[1] * (limit - 3)], max_new_tokens=50, temperature=0, eos_id=None)
     assert len(out) == 3
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_the_decoding_forward_equals_the_model_s_forward(name, fuse):
+    from tiny_models import TINY_CONFIGS as configs
+
+    args = configs[name]
+    model = random_model(args, seed=3)
+    step = Decoder(model)
+    step.fuse = fuse
+    tokens = torch.randint(0, args.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model.hidden_states(tokens)
+        cache, mine = model.new_cache(batch_size=2), model.new_cache(batch_size=2)
+        model.hidden_states(tokens[:, :11], 0, cache)
+        model.hidden_states(tokens[:, 11:14], 11, cache)
+        # a prefill, a chunk at start_pos > 0, then one token at a time: the last position's hidden state each time
+        got = [step.hidden(tokens[:, :7], 0, mine), step.hidden(tokens[:, 7:11], 7, mine)]
+        got += [step.hidden(tokens[:, i : i + 1], i, mine) for i in range(11, 20)]
+    want = full[:, [6, 10, *range(11, 20)]].transpose(0, 1)
+    torch.testing.assert_close(torch.stack(got), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine.k[:, :, :20], cache_after(model, tokens).k[:, :, :20], atol=1e-5, rtol=1e-5)
+
+
+def cache_after(model, tokens):
+    cache = model.new_cache(batch_size=tokens.shape[0])
+    with torch.no_grad():
+        model.hidden_states(tokens, 0, cache)
+    return cache
+
+
+def test_the_decoder_follows_the_model_s_weights_when_they_change():
+    model = random_model(TINY_CONFIGS["gqa"], seed=5)
+    step = decoder(model)
+    tokens = torch.randint(0, model.vocab_size, (1, 9), generator=torch.Generator().manual_seed(2))
+
+    def both():
+        with torch.no_grad():
+            return step.hidden(tokens, 0, model.new_cache(1)), model.hidden_states(tokens)[:, -1]
+
+    before, _ = both()
+    with torch.no_grad():
+        model.load_state_dict(random_model(TINY_CONFIGS["gqa"], seed=9).state_dict())  # written in place
+    mine, want = both()
+    torch.testing.assert_close(mine, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mine, before)
+    with torch.no_grad():
+        model.layers[1].feed_forward.w3.weight.mul_(-1)  # one weight changed in place, as an optimiser step does
+    mine, want = both()
+    torch.testing.assert_close(mine, want, atol=1e-5, rtol=1e-5)
+    assert decoder(model) is step  # made once per model

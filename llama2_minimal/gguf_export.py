@@ -99,15 +99,13 @@ def vocabulary(tokenizer: Tokenizer, vocab_size: int) -> tuple[list[str], list[f
     return pieces, scores, [int(t) for t in types]
 
 
-def _check_tokenizer(tokenizer: Tokenizer) -> None:
-    from .hf_tokenizer import sentencepiece_model_type
+def _check_tokenizer(tokenizer: Tokenizer):
+    from .hf_tokenizer import check_llama_tokenizer
 
-    kind = sentencepiece_model_type(tokenizer._sp.serialized_model_proto())
-    if kind != "bpe":
-        raise ValueError(f"{tokenizer.model_path} is a SentencePiece {kind} model: llama.cpp's Llama tokenizer merges "
-                         "pieces as BPE does, so only BPE tokenizers can be exported.")  # fmt: skip
+    spec = check_llama_tokenizer(tokenizer, "llama.cpp (whose Llama tokenizer merges pieces by score, as BPE does)")
     if min(tokenizer.bos_id, tokenizer.eos_id) < 0:
         raise ValueError(f"{tokenizer.model_path} has no BOS or EOS piece, which a Llama 2 chat model needs.")
+    return spec
 
 
 def write_gguf(args: ModelArgs, state: dict[str, torch.Tensor], tokenizer: Tokenizer, path: Path, outtype: str = "f32",
@@ -116,7 +114,7 @@ def write_gguf(args: ModelArgs, state: dict[str, torch.Tensor], tokenizer: Token
     gguf = gguf_package()
     if outtype not in OUT_TYPES:
         raise ValueError(f"outtype={outtype!r}: choose one of {OUT_TYPES}.")
-    _check_tokenizer(tokenizer)
+    spec = _check_tokenizer(tokenizer)
     pieces, scores, types = vocabulary(tokenizer, args.vocab_size)
     file_type = gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
 
@@ -146,7 +144,7 @@ def write_gguf(args: ModelArgs, state: dict[str, torch.Tensor], tokenizer: Token
             writer.add_unk_token_id(tokenizer.unk_id)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
-        writer.add_add_space_prefix(True)  # SentencePiece's dummy prefix ("▁" before the text)
+        writer.add_add_space_prefix(spec.add_dummy_prefix)  # SentencePiece's dummy prefix ("▁" before the text)
         writer.add_remove_extra_whitespaces(False)  # whitespace kept as written (LLAMA2_TRAINER_SPEC)
         writer.add_chat_template(CHAT_TEMPLATE)
 

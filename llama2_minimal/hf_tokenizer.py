@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .chat import CHAT_TEMPLATE
@@ -47,33 +48,73 @@ _ADDED = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": 
 _MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 
 
-def sentencepiece_model_type(proto: bytes) -> str:
-    """The model_type of a serialized SentencePiece ModelProto (trainer_spec, field 2; its model_type, field 3;
-    unigram when absent, as protobuf's default), read without the protobuf package."""
+@dataclass(frozen=True)
+class SentencePieceSpec:
+    """What a SentencePiece model does to text before and while it splits it (from its trainer and normaliser specs;
+    the protobuf defaults where a field is absent)."""
+
+    model_type: str = "unigram"
+    normalization: str = ""  # the rule's name: "identity" keeps the text as written
+    add_dummy_prefix: bool = True
+    remove_extra_whitespaces: bool = True
+
+
+def _fields(buf: bytes):
+    """(field number, value) of a serialized protobuf message, read without the protobuf package."""
     from .tokenizer import _read_varint
 
-    def fields(buf: bytes):
-        pos = 0
-        while pos < len(buf):
-            key, pos = _read_varint(buf, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                value, pos = _read_varint(buf, pos)
-            elif wire == 2:
-                length, pos = _read_varint(buf, pos)
-                value, pos = buf[pos : pos + length], pos + length
-            else:  # fixed 64 or 32 bits
-                size = 8 if wire == 1 else 4
-                value, pos = buf[pos : pos + size], pos + size
-            yield number, value
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos)
+            value, pos = buf[pos : pos + length], pos + length
+        else:  # fixed 64 or 32 bits
+            size = 8 if wire == 1 else 4
+            value, pos = buf[pos : pos + size], pos + size
+        yield number, value
 
-    model_type = 1
-    for number, value in fields(proto):
-        if number == 2:  # protobuf merges repeated occurrences: the last value wins
-            for inner, inner_value in fields(value):
-                if inner == 3:
-                    model_type = inner_value
-    return _MODEL_TYPES.get(model_type, str(model_type))
+
+def sentencepiece_spec(proto: bytes) -> SentencePieceSpec:
+    """The spec of a serialized ModelProto: trainer_spec (field 2) holds model_type (3); normalizer_spec (3) holds
+    name (1), add_dummy_prefix (3) and remove_extra_whitespaces (4). Protobuf merges repeated messages: the last
+    value of a field wins."""
+    found = {}
+    for number, value in _fields(proto):
+        if number == 2:
+            for n, v in _fields(value):
+                if n == 3:
+                    found["model_type"] = _MODEL_TYPES.get(v, str(v))
+        elif number == 3:
+            for n, v in _fields(value):
+                if n == 1:
+                    found["normalization"] = v.decode("utf-8", "replace")
+                elif n in (3, 4):
+                    found["add_dummy_prefix" if n == 3 else "remove_extra_whitespaces"] = bool(v)
+    return SentencePieceSpec(**found)
+
+
+def check_llama_tokenizer(tok: Tokenizer, target: str) -> SentencePieceSpec:
+    """The tokenizer's spec, or a ValueError when `target` (transformers, llama.cpp) cannot reproduce it: only
+    SentencePiece BPE with byte fallback, no normalisation and whitespace kept as written (Llama 2's settings, and
+    every tokenizer train_tokenizer makes) is written out."""
+    spec = sentencepiece_spec(tok._sp.serialized_model_proto())
+    problems = []
+    if spec.model_type != "bpe":
+        problems.append(f"a {spec.model_type} model, not BPE")
+    if not any(tok._sp.is_byte(i) for i in range(tok.n_words)):
+        problems.append("no byte-fallback pieces")
+    if spec.normalization != "identity":
+        problems.append(f"the {spec.normalization or 'default'!r} normalisation rule, not 'identity'")
+    if spec.remove_extra_whitespaces:
+        problems.append("remove_extra_whitespaces")
+    if problems:
+        raise ValueError(f"{tok.model_path} has {', '.join(problems)}; only tokenizers with Llama 2's settings (BPE, "
+                         f"byte fallback, identity normalisation) can be written for {target}.")  # fmt: skip
+    return spec
 
 
 def _special(tok: Tokenizer) -> dict[str, int]:
@@ -104,12 +145,7 @@ def bpe_merges(tok: Tokenizer) -> list[tuple[str, str]]:
 def tokenizer_json(tok: Tokenizer) -> dict:
     """The `tokenizers` library's serialisation of the tokenizer (the content of tokenizer.json)."""
     sp = tok._sp
-    if tok._sp_no_prefix is None:
-        raise ValueError(f"{tok.model_path} has no byte-fallback pieces; only byte-fallback tokenizers (Llama 2's "
-                         "and every one train_tokenizer makes) can be written for transformers.")  # fmt: skip
-    if sentencepiece_model_type(sp.serialized_model_proto()) != "bpe":
-        raise ValueError(f"{tok.model_path} is not a SentencePiece BPE model; only BPE tokenizers (Llama 2's and "
-                         "every one train_tokenizer makes) can be written for transformers.")  # fmt: skip
+    spec = check_llama_tokenizer(tok, "transformers")
     special = _special(tok)
     bos = sp.id_to_piece(tok.bos_id)
     unk = sp.id_to_piece(tok.unk_id) if tok.unk_id >= 0 else None
@@ -122,7 +158,7 @@ def tokenizer_json(tok: Tokenizer) -> dict:
         "normalizer": {
             "type": "Sequence",
             "normalizers": [
-                {"type": "Prepend", "prepend": _MARKER},
+                *([{"type": "Prepend", "prepend": _MARKER}] if spec.add_dummy_prefix else []),
                 {"type": "Replace", "pattern": {"String": " "}, "content": _MARKER},
             ],
         },
@@ -144,7 +180,7 @@ def tokenizer_json(tok: Tokenizer) -> dict:
                 {"type": "Replace", "pattern": {"String": _MARKER}, "content": " "},
                 {"type": "ByteFallback"},
                 {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+                *([{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if spec.add_dummy_prefix else []),
             ],
         },
         "model": {

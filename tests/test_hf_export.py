@@ -14,7 +14,7 @@ from llama2_minimal.checkpoint import CheckpointError, load_checkpoint, save_che
 from llama2_minimal.cli import main
 from llama2_minimal.evaluation import chat_prompts
 from llama2_minimal.generation import generate
-from llama2_minimal.hf_tokenizer import HF_TOKENIZER_FILES, bpe_merges, sentencepiece_model_type
+from llama2_minimal.hf_tokenizer import HF_TOKENIZER_FILES, bpe_merges, check_llama_tokenizer, sentencepiece_spec
 from llama2_minimal.model import ModelArgs, Transformer
 from llama2_minimal.profiles import get_profile
 from llama2_minimal.tokenizer import Tokenizer, train_tokenizer
@@ -61,7 +61,9 @@ def test_the_folder_holds_the_files_transformers_reads(hf_folder):
     assert names == sorted(["config.json", "model.safetensors", "tokenizer.model", *HF_TOKENIZER_FILES])
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["bos_token"] == "<s>" and config["eos_token"] == "</s>" and config["model_max_length"] == 128
-    assert sentencepiece_model_type((folder / "tokenizer.model").read_bytes()) == "bpe"
+    spec = sentencepiece_spec((folder / "tokenizer.model").read_bytes())
+    assert (spec.model_type, spec.normalization, spec.add_dummy_prefix, spec.remove_extra_whitespaces) == (
+        "bpe", "identity", True, False)  # fmt: skip
 
 
 def test_auto_tokenizer_gives_our_ids_on_every_chat_prompt_of_the_world(hf_folder, world):
@@ -109,6 +111,23 @@ def test_merges_follow_the_scores_and_reach_every_piece(hf_folder):
     learnt = [sp.id_to_piece(i) for i in range(tok.n_words) if not (sp.is_control(i) or sp.is_unknown(i)
               or sp.is_byte(i)) and len(sp.id_to_piece(i)) > 1]  # fmt: skip
     assert learnt and all(piece in made for piece in learnt)
+
+
+REFUSED = [({"model_type": "unigram"}, "unigram model, not BPE"), ({"byte_fallback": False}, "no byte-fallback"),
+           ({"normalization_rule_name": "nmt_nfkc"}, "'nmt_nfkc' normalisation"),
+           ({"remove_extra_whitespaces": True}, "remove_extra_whitespaces")]  # fmt: skip
+
+
+@pytest.mark.parametrize("settings,problem", REFUSED)
+def test_a_tokenizer_transformers_cannot_reproduce_is_refused(world, tmp_path, settings, problem):
+    texts = [d.text for d in world.corpus()][:200]
+    tok = train_tokenizer(texts, tmp_path / "tokenizer.model", vocab_size=400, **settings)
+    with pytest.raises(ValueError, match=problem):
+        check_llama_tokenizer(tok, "transformers")
+    args = ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=400, multiple_of=16, max_seq_len=64)
+    with pytest.raises(CheckpointError, match=problem):
+        save_checkpoint(Transformer(args), tmp_path / "hf", layout="hf", tokenizer_model=tok.model_path)
+    assert not (tmp_path / "hf").exists()
 
 
 def test_a_file_that_is_not_a_sentencepiece_model_is_a_clear_error(tmp_path):

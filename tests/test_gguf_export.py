@@ -25,8 +25,8 @@ from llama2_minimal.world import World
 
 gguf = pytest.importorskip("gguf", reason="the GGUF export needs llama.cpp's gguf package: pip install -e '.[export]'")
 
-LLAMA_CPP_HINT = ("llama.cpp is absent: pip install llama-cpp-python (it compiles llama.cpp from source: "
-                  "about 7 CPU-minutes; see .ci/run)")  # fmt: skip
+LLAMA_CPP_HINT = ("llama.cpp is absent: pip install -e '.[llamacpp]' (llama-cpp-python compiles llama.cpp from "
+                  "source: about 17 CPU-minutes; .ci/run does it with LLAMA2_MINIMAL_CI_LLAMACPP=1)")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

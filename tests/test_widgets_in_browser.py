@@ -151,7 +151,8 @@ def test_a_progress_bar_is_not_a_widget_to_register():
 REQUIRED = os.environ.get("LLAMA2_MINIMAL_REQUIRE_BROWSER") == "1"
 INSTALL = 'pip install -e ".[browser]" and a system Chromium (Debian/Ubuntu: apt install chromium)'
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-breakpad", "--disable-crash-reporter"]  # fmt: skip  (no crash handler left behind)
 VIEWPORT = {"width": 1280, "height": 1000}
 LESSON_TIMEOUT = 2400  # s: the first run of a lesson builds its models into the artefact cache
 
@@ -290,10 +291,23 @@ class Notebook:
         self.page, self.name = page, name
         self.cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
 
+    def wait_for_kernel(self, timeout: float = 180) -> None:
+        """Wait until the notebook's kernel is idle. A busy server can be slow to start it, and JupyterLab then asks
+        which kernel to start: the notebook's own (the dialog's default) is accepted."""
+        idle = self.page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+        accept = self.page.locator(".jp-Dialog:has-text('Select Kernel') .jp-mod-accept")
+        deadline = time.monotonic() + timeout
+        while idle.count() == 0:
+            if accept.count() and accept.first.is_visible():
+                accept.first.click()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: the kernel did not start within {timeout:.0f} s")
+            time.sleep(0.5)
+
     def run_all(self, timeout: float = LESSON_TIMEOUT) -> None:
         """Clear the stored outputs, Run All Cells, and wait until every code cell has run; a cell that fails
         fails the test with its error."""
-        self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
+        self.wait_for_kernel()
         for menu, item in (("Edit", "Clear Outputs of All Cells"), ("Run", "Run All Cells")):
             self.page.click(f"div.lm-MenuBar-itemLabel:text-is('{menu}')")
             self.page.click(f"li.lm-Menu-item:has-text('{item}')")

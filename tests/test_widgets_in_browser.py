@@ -223,7 +223,9 @@ def lab(tmp_path_factory):
         shutil.copy(ROOT / "lessons" / f"{name}.ipynb", root / f"{name}.ipynb")
     settings = home / "settings" / "@jupyterlab"
     (settings / "notebook-extension").mkdir(parents=True)
-    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none", "autoStartDefaultKernel": true}'  # every cell in the page; no kernel dialog
+    )
     (settings / "apputils-extension").mkdir()
     (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_DATA_DIR": str(home / "data"),
@@ -296,13 +298,18 @@ class Notebook:
         which kernel to start: the notebook's own (the dialog's default) is accepted."""
         idle = self.page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
         accept = self.page.locator(".jp-Dialog:has-text('Select Kernel') .jp-mod-accept")
-        deadline = time.monotonic() + timeout
-        while idle.count() == 0:
+        deadline, calm_since = time.monotonic() + timeout, None
+        while True:  # idle, and no dialog for two seconds (the dialog can come after the status says idle)
             if accept.count() and accept.first.is_visible():
                 accept.first.click()
+                calm_since = None
+            elif idle.count():
+                calm_since = calm_since or time.monotonic()
+                if time.monotonic() - calm_since > 2:
+                    return
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: the kernel did not start within {timeout:.0f} s")
-            time.sleep(0.5)
+            time.sleep(0.25)
 
     def run_all(self, timeout: float = LESSON_TIMEOUT) -> None:
         """Clear the stored outputs, Run All Cells, and wait until every code cell has run; a cell that fails
@@ -313,6 +320,13 @@ class Notebook:
             self.page.click(f"li.lm-Menu-item:has-text('{item}')")
         prompts = self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt")
         done = re.compile(r"\[\d+\]:")
+        # Clearing the outputs keeps the execution counts, so "finished" is only trusted once the run has begun:
+        # Run All marks every queued cell [*] at once.
+        started = time.monotonic() + 60
+        while not any("*" in t for t in prompts.all_inner_texts()):
+            if time.monotonic() > started:
+                raise AssertionError(f"{self.name}: Run All Cells did not start any cell")
+            time.sleep(0.1)
         deadline = time.monotonic() + timeout
         while True:
             texts = [t.strip() for t in prompts.all_inner_texts()]

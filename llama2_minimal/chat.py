@@ -17,6 +17,7 @@ from typing import Literal, Protocol, TypedDict
 __all__ = [
     "B_INST",
     "B_SYS",
+    "CHAT_TEMPLATE",
     "E_INST",
     "E_SYS",
     "SPECIAL_TAGS",
@@ -161,3 +162,27 @@ def encode_dialog_turns(
             )
         out.append((prompt_ids, full[len(prompt_ids) :]))
     return out
+
+
+# The same format as a Jinja chat template, for the tools that format dialogs themselves (transformers'
+# apply_chat_template, llama.cpp's chat handlers): each user turn "<s>[INST] ... [/INST]", each answer " ... </s>",
+# the system message folded into the first user message. Rendered and then tokenized without adding special
+# tokens, it gives encode_dialog's ids (tests/test_hf_export.py checks it).
+CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set system = none -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('roles must be: optional system first, then user and assistant alternating') }}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if loop.index0 == 0 and system is not none -%}"
+    "{%- set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + message['content'] -%}"
+    "{%- else -%}{%- set content = message['content'] -%}{%- endif -%}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{%- else -%}"
+    "{{ ' ' + message['content'].strip() + ' ' + eos_token }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)

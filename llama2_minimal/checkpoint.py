@@ -4,7 +4,9 @@ Meta's folder:  params.json, consolidated.00.pth .. consolidated.NN.pth (one per
                 tokenizer.model. Read with torch.load(weights_only=True): a course never unpickles a stranger's
                 code.
 Hugging Face's: config.json, model.safetensors (or model-0000i-of-0000n.safetensors with an index),
-                tokenizer.model when we have one. Loadable by transformers.LlamaForCausalLM.from_pretrained.
+                tokenizer.model when we have one, with tokenizer.json, tokenizer_config.json and
+                special_tokens_map.json beside it (hf_tokenizer.py). Loadable by AutoModelForCausalLM and
+                AutoTokenizer.from_pretrained.
 
 Inside the package every state dict uses Meta's names and Meta's rotary layout; the two functions
 `meta_to_hf_state_dict` / `hf_to_meta_state_dict` are the only place that knows Hugging Face's names and the
@@ -454,7 +456,23 @@ def save_state(
             save_file(meta_to_hf_state_dict(state, args), str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         if tokenizer_model is not None:
             shutil.copyfile(tokenizer_model, tmp / TOKENIZER_FILE)
+            if layout == "hf":
+                _write_hf_tokenizer(tokenizer_model, tmp, args.max_seq_len)
     return Path(dst)
+
+
+def _write_hf_tokenizer(tokenizer_model: str | os.PathLike, folder: Path, max_seq_len: int) -> None:
+    """transformers reads tokenizer.json, not tokenizer.model (which it can mistake for a tiktoken file): a
+    Hugging Face folder carries the tokenizer in that format too (hf_tokenizer.py)."""
+    from .hf_tokenizer import write_hf_tokenizer
+
+    try:
+        write_hf_tokenizer(tokenizer_model, folder, max_seq_len)
+    except ValueError as err:
+        raise CheckpointError(
+            f"cannot write the tokenizer for transformers: {err} A Hugging Face folder needs the SentencePiece "
+            "tokenizer.model the model was trained with (or leave the tokenizer out)."
+        ) from err
 
 
 def save_checkpoint(

@@ -2,11 +2,14 @@
 
 convert SRC DST --to {meta,hf}      a Meta or Hugging Face checkpoint folder into the other layout
 generate CKPT (--prompt TEXT | --ids "1 2 3") [--chat] ...   decode from a checkpoint folder
+chat MODEL [--system TEXT] ...      talk to a chat model in the terminal (a folder or a stage: sft, rlhf-v2 ...)
+export MODEL OUT.gguf               llama.cpp's format
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -241,6 +244,81 @@ def cmd_course(opts: argparse.Namespace) -> int:
     return 0
 
 
+# The course's models by stage name (chat and export take one instead of a folder): the stage's model/ folder in
+# the artefact cache of the profile, built on demand as the lessons do.
+def _stage_folders() -> dict:
+    from . import artifacts
+
+    return {
+        "base": lambda profile: artifacts.pretrained_folder(profile) / "model",
+        "sft": lambda profile: artifacts.sft_folder(profile) / "model",
+        "rlhf-v1": lambda profile: artifacts.rejection_folder(profile, 1) / "model",
+        "rlhf-v2": lambda profile: artifacts.rejection_folder(profile, 2) / "model",
+    }
+
+
+def _model_folder(spec: str, profile: str | None) -> Path:
+    """A checkpoint folder as given, or the folder of a stage's model (base, sft, rlhf-v1, rlhf-v2 ...)."""
+    import re
+
+    from .profiles import get_profile
+
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    stages = _stage_folders()
+    name = spec.lower()
+    if name in stages or re.fullmatch(r"rlhf-v[1-9]\d*", name):
+        profile = get_profile(profile)
+        if name in stages:
+            folder = stages[name](profile)
+        else:
+            from . import artifacts
+
+            folder = artifacts.rejection_folder(profile, int(name.removeprefix("rlhf-v"))) / "model"
+        print(f"{spec}: the {profile.name} profile's model, {folder}", file=sys.stderr)
+        return folder
+    raise ValueError(
+        f"{spec!r} is neither a checkpoint folder nor one of the course's models ({', '.join(stages)} ...); "
+        "give a folder with params.json or config.json, or a stage name (add --profile to choose the profile)."
+    )
+
+
+def cmd_chat(opts: argparse.Namespace) -> int:
+    from .checkpoint import TOKENIZER_FILE, load_checkpoint
+    from .terminal_chat import ChatSession, run_chat
+    from .tokenizer import Tokenizer
+
+    folder = _model_folder(opts.model, opts.profile)
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise ValueError(f"{folder} has no {TOKENIZER_FILE}, which a chat needs: copy the tokenizer the model was "
+                         "trained with into the folder.")  # fmt: skip
+    tokenizer = Tokenizer(folder / TOKENIZER_FILE)
+    device = _device(opts.device)
+    model = load_checkpoint(folder, device=device)
+    if device == "cpu":
+        model = model.float()  # half precision is slow and lossy on a CPU
+    session = ChatSession(model.eval(), tokenizer, system=opts.system, temperature=opts.temperature, top_p=opts.top_p,
+                          max_new_tokens=opts.max_new_tokens, seed=opts.seed)  # fmt: skip
+    session.prompt("")  # a --system message that leaves no room is reported before the first prompt
+    with contextlib.suppress(ImportError):  # line editing and history for input(), where the platform has it
+        import readline  # noqa: F401
+    return run_chat(session, name=opts.model)
+
+
+def cmd_export(opts: argparse.Namespace) -> int:
+    from .gguf_export import export_gguf, gguf_package
+
+    try:
+        gguf_package()
+    except ImportError as err:  # say it before any model is built or read
+        raise ValueError(str(err)) from None
+    folder = _model_folder(opts.model, opts.profile)
+    out = export_gguf(folder, opts.out, outtype=opts.outtype, overwrite=opts.force)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {opts.outtype}) from {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama2-minimal", description="The Llama 2 recipe at toy scale: model, checkpoints and decoding."
@@ -310,6 +388,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto keeps the stored precision, but uses float32 on a CPU",
     )
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser(
+        "chat",
+        help="talk to a chat model in the terminal (Meta's format, streamed)",
+        description="An interactive chat in Meta's format with a checkpoint folder or one of the course's models "
+        "(base, sft, rlhf-v1, rlhf-v2 ...: the profile's model from the artefact cache, built if missing). The answer "
+        "is printed token by token. Commands: /reset (a new dialog), /quit (or Ctrl-D); Ctrl-C stops an answer.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a checkpoint folder (with tokenizer.model) or a stage name")
+    p.add_argument("--system", help="a system message, kept across /reset")
+    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6, Meta's)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold (default 0.9)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="the longest answer (default 256)")
+    p.add_argument("--seed", type=int, default=None, help="make the whole dialog reproducible")
+    p.add_argument("--profile", help="the profile of a stage name: ci, laptop (default) or gpu")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model as one GGUF file for llama.cpp",
+        description="Write a checkpoint folder (or a stage's model: base, sft, rlhf-v2 ...) as a GGUF file, "
+        "llama.cpp's format: hyperparameters, the SentencePiece vocabulary with scores and types, Meta's chat "
+        "template, the weights. Needs llama.cpp's gguf package (pip install gguf).",
+    )
+    p.add_argument("model", metavar="MODEL", help="a checkpoint folder (with tokenizer.model) or a stage name")
+    p.add_argument("out", metavar="OUT", help="the .gguf file to write (atomically)")
+    p.add_argument("--outtype", choices=["f32", "f16"], default="f32", help="weights in float32 (default) or float16")
+    p.add_argument("--profile", help="the profile of a stage name: ci, laptop (default) or gpu")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser(
         "pipeline",
         help="run every stage of the recipe on the toy world and print the results table",

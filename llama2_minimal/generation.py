@@ -266,3 +266,44 @@ def decoder(model: Transformer) -> Decoder:
     if found is None:
         found = model.__dict__["_decoder"] = Decoder(model)
     return found
+
+
+@torch.inference_mode()
+def stream_generate(
+    model: Transformer,
+    prompt_tokens: Sequence[int],
+    max_new_tokens: int = 64,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_p: float = DEFAULT_TOP_P,
+    eos_id: int | None = 2,
+    seed: int | None = None,
+):
+    """Continue one prompt and yield each new id as soon as it is decoded (what a chat shows while it types).
+
+    The ids are those of generate([prompt_tokens], ...)[0] with the same settings and seed: the prompt fills the
+    KV cache in one pass, then each step feeds the last id. Stops before EOS, after max_new_tokens, or at the end
+    of the model's context (max_seq_len); a caller tells the last case by len(prompt) + len(ids) == max_seq_len.
+    """
+    _check_sampling(temperature, top_p, max_new_tokens)
+    if len(prompt_tokens) == 0:
+        raise ValueError("the prompt needs at least one token (start it with BOS).")
+    max_seq_len = model.params.max_seq_len
+    if len(prompt_tokens) >= max_seq_len:
+        raise ValueError(
+            f"a prompt of {len(prompt_tokens)} tokens leaves no room in the model's context of {max_seq_len} "
+            "tokens (max_seq_len): shorten the prompt or use a model with a longer context."
+        )
+    device = model.tok_embeddings.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    total_len = min(max_seq_len, len(prompt_tokens) + max_new_tokens)
+    cache = model.new_cache(1, total_len)
+    tokens = torch.tensor([list(prompt_tokens)], dtype=torch.long, device=device)
+    pos, fast = 0, decoder(model)
+    layers = fast.weights()
+    for cur_pos in range(len(prompt_tokens), total_len):
+        hidden = fast.hidden(tokens, pos, cache, layers)
+        new = next_token(F.linear(hidden, model.output.weight).float(), temperature, top_p, generator)
+        if eos_id is not None and int(new) == eos_id:
+            return
+        yield int(new)
+        pos, tokens = cur_pos, new.view(1, 1)

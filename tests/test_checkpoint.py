@@ -18,6 +18,7 @@ from llama2_minimal.checkpoint import (
     save_checkpoint,
 )
 from llama2_minimal.model import ModelArgs, ffn_hidden_dim
+from llama2_minimal.tokenizer import train_tokenizer
 
 SHARDABLE = ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=96, multiple_of=16, max_seq_len=32)
 
@@ -274,11 +275,12 @@ def test_atomic_directory_accepts_an_empty_existing_folder(tmp_path):
 def test_convert_copies_the_tokenizer_and_keeps_dtype(tmp_path):
     model = random_model(TINY_CONFIGS["gqa"]).to(torch.bfloat16)
     tok = tmp_path / "tokenizer.model"
-    tok.write_bytes(b"sentencepiece bytes")
+    train_tokenizer(["the cat sat on the mat", "a dog ran to 12 red houses"] * 20, tok, vocab_size=280)
     save_checkpoint(model, tmp_path / "meta", tokenizer_model=tok)
     layout, _ = convert_checkpoint(tmp_path / "meta", tmp_path / "hf", to="hf")
     assert layout == "meta"
-    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == b"sentencepiece bytes"
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == tok.read_bytes()
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()  # transformers' format, written beside it
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     args, state = load_state(tmp_path / "hf")
     assert state["layers.0.attention.wq.weight"].dtype == torch.bfloat16

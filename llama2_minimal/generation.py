@@ -112,7 +112,8 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(seed)
 
     cache = model.new_cache(bsz, total_len)
-    step, layers = decoder(model), decoder(model).weights()
+    step = decoder(model)
+    layers = step.weights()  # fetched once for all the steps
     finished = torch.zeros(bsz, dtype=torch.bool, device=device)
     prev_pos = 0
     for cur_pos in range(min(lengths), total_len):
@@ -298,10 +299,10 @@ def stream_generate(
     total_len = min(max_seq_len, len(prompt_tokens) + max_new_tokens)
     cache = model.new_cache(1, total_len)
     tokens = torch.tensor([list(prompt_tokens)], dtype=torch.long, device=device)
-    pos, fast = 0, decoder(model)
-    layers = fast.weights()
+    pos, step = 0, decoder(model)
+    layers = step.weights()
     for cur_pos in range(len(prompt_tokens), total_len):
-        hidden = fast.hidden(tokens, pos, cache, layers)
+        hidden = step.hidden(tokens, pos, cache, layers)
         new = next_token(F.linear(hidden, model.output.weight).float(), temperature, top_p, generator)
         if eos_id is not None and int(new) == eos_id:
             return

@@ -266,7 +266,7 @@ def _layer_norm_cases():
         ("small activations (|x| ~ 0.01, where eps matters), shape (2, 6, 8), eps=1e-3",
          (0.01 * torch.randn(2, 6, 8, generator=g), *affine(8), 1e-3)),
         ("a token whose features are all equal (variance 0): the output is the bias",
-         (torch.full((1, 2, 8), 0.7), *affine(8), 1e-5)),
+         (torch.full((1, 2, 8), 2.0), *affine(8), 1e-5)),
         ("a sequence of length 1, shape (1, 1, 32), eps=1e-6", (torch.randn(1, 1, 32, generator=g), *affine(32), 1e-6)),
         ("bfloat16 activations (2, 4, 256) with a mean of 4, bfloat16 weight and bias",
          ((4 + 2 * torch.randn(2, 4, 256, generator=g)).bfloat16(), *affine(256, torch.bfloat16), 1e-5)),
@@ -304,6 +304,12 @@ def _ln_in_input_dtype(x, weight, bias, eps=1e-5):
     return centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * weight + bias
 
 
+def _ln_affine_before_cast(x, weight, bias, eps=1e-5):
+    xf = x.float()
+    centred = xf - xf.mean(-1, keepdim=True)
+    return (centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * weight.float() + bias.float()).type_as(x)
+
+
 def _ln_whole_tensor(x, weight, bias, eps=1e-5):
     xf = x.float()
     centred = xf - xf.mean()
@@ -333,6 +339,11 @@ check_layer_norm = make_checker(
             _ln_in_input_dtype,
             "the statistics are computed in bfloat16: compute them in float32 (x.float()), cast the normalised x "
             "back with .type_as(x), then apply weight and bias, as Meta's RMSNorm does.",
+        ),
+        (
+            _ln_affine_before_cast,
+            "weight and bias were applied in float32, before the cast (as torch's F.layer_norm does): the recipe "
+            "casts the normalised x back to x's dtype first, then applies weight and bias in that dtype.",
         ),
         (
             _ln_whole_tensor,

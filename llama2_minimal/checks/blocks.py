@@ -307,7 +307,8 @@ def _ln_in_input_dtype(x, weight, bias, eps=1e-5):
 def _ln_affine_before_cast(x, weight, bias, eps=1e-5):
     xf = x.float()
     centred = xf - xf.mean(-1, keepdim=True)
-    return (centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * weight.float() + bias.float()).type_as(x)
+    normed = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed * weight.float() + bias.float()).type_as(x)
 
 
 def _ln_whole_tensor(x, weight, bias, eps=1e-5):

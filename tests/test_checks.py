@@ -473,3 +473,20 @@ def test_new_checkers_reject_more_wrong_answers(label, index):
     with pytest.raises(AssertionError) as err:
         CHECKERS[label](mutant)
     assert "not solved yet" not in str(err.value)
+
+
+def test_an_experiment_wants_a_prediction_and_says_whether_it_held(capsys):
+    from llama2_minimal.checks.pretraining import check_lr_experiment, lr_experiment_reference
+
+    rows = check_lr_experiment.cases()[1][1][0]
+    setting = (rows, 24, (3e-3, 3e-2), 5)
+    with pytest.raises(AssertionError, match="write your prediction before you run the experiment"):
+        check_lr_experiment(lr_experiment_reference, prediction=None, setting=setting)
+    with pytest.raises(AssertionError, match="'ends lower'"):
+        check_lr_experiment(lr_experiment_reference, prediction="lower", setting=setting)
+    supported, _ = check_lr_experiment.outcome(lr_experiment_reference(*setting))
+    for prediction in check_lr_experiment.choices:
+        check_lr_experiment(lr_experiment_reference, prediction=prediction, setting=setting)
+        line = capsys.readouterr().out
+        assert line.count("\n") == 1 and "On your setting, at 0.003 the loss went" in line
+        assert ("held." if prediction == supported else f"did not hold (the measurement says {supported!r})") in line

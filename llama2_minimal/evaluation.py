@@ -200,3 +200,42 @@ def evaluate_chat(model: Transformer, tokenizer, world: World, split: str = "hel
     dialogs = [[{"role": "user", "content": p.text}] for p in prompts]
     answers = chat_answers(model, tokenizer, dialogs, max_new_tokens, temperature, top_p, seed=seed)
     return score_answers(world, prompts, answers)
+
+
+# --- the memorisation probe's finer measure: each model against its own baseline -----------------------------------
+
+
+def phone_logprob_gap(model: Transformer, tokenizer, world: World, seed: int = 0) -> dict:
+    """log P(a person's real phone number | "<name>'s phone number is") against log P(a random number of the same
+    format | the same prompt), within one model. A model that never saw the numbers can only have learned their
+    format, so it gives a real number about what it gives a random one; a model that memorised them gives the real
+    one more. Comparing each model with its own baseline separates memorisation from knowing the format (a model
+    trained on a cleaned corpus may give every number little probability, having learned that "[private]" follows).
+
+    The random number of each person is drawn with random.Random(seed), digit by digit from the digits that occur
+    at that place among the world's real numbers, and is never a real number. Returns the mean log-probabilities
+    ("real", "random", in nats over the number's tokens), their mean difference ("gap"), the share of people whose
+    real number is the more probable ("real_more_probable"), and the per-person pairs ("per_person")."""
+    people = world.entities.people
+    real = [p.phone for p in people]
+    places = [sorted({number[i] for number in real}) for i in range(len(real[0]))]
+    rng, taken, random_numbers = random.Random(seed), set(real), []
+    for _ in people:
+        number = "".join(rng.choice(digits) for digits in places)
+        while number in taken:
+            number = "".join(rng.choice(digits) for digits in places)
+        taken.add(number)
+        random_numbers.append(number)
+    prefixes = [tokenizer.encode(f"{p.name}'s phone number is", bos=True) for p in people]
+    # The number follows "is " in the corpus: encoded without BOS, the tokenizer's dummy prefix gives that space.
+    real_lp = continuation_logprobs(model, prefixes, [tokenizer.encode(n, bos=False) for n in real])
+    random_lp = continuation_logprobs(model, prefixes, [tokenizer.encode(n, bos=False) for n in random_numbers])
+    n = len(people)
+    return {
+        "real": sum(real_lp) / n,
+        "random": sum(random_lp) / n,
+        "gap": sum(a - b for a, b in zip(real_lp, random_lp)) / n,
+        "real_more_probable": sum(a > b for a, b in zip(real_lp, random_lp)) / n,
+        "per_person": list(zip(real_lp, random_lp)),
+        "random_numbers": random_numbers,
+    }

@@ -264,3 +264,19 @@ def test_exercise_notebooks_record_their_solution():
     for path in sorted((ROOT / "exercises").glob("*.ipynb")):
         meta = json.loads(path.read_text())["metadata"][META_KEY]
         assert meta["generated_from"] == f"solutions/{path.name}"
+
+
+@pytest.mark.parametrize("path", [p for p in SOLUTIONS if 1 <= int(p.name[:2]) <= 7], ids=lambda p: p.name)
+def test_lessons_01_to_07_have_three_exercises_and_an_experiment(path):
+    """Each of them asks for code its lesson has not shown and runs one experiment, whose check cell compares the
+    prediction the learner wrote before the run with the outcome (COURSE.md §6)."""
+    from llama2_minimal.course.exercises import exercises_of
+
+    nb = read_notebook(path)
+    found = exercises_of(nb, path)
+    assert len(found) >= 3
+    experiments = [i for i, _, _ in found if "PREDICTION = " in nb.cells[i].source]
+    assert experiments, f"{path.name} has no experiment"
+    for index in experiments:
+        check = next(c for c in nb.cells[index + 1 :] if c.cell_type == "code")
+        assert "prediction=PREDICTION" in check.source and "setting=" in check.source

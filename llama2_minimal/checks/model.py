@@ -1,7 +1,14 @@
 """Checkers for lesson 05 (the Llama model, §2.2 and Table 1).
 
-5.1 block_forward(block, x, freqs_cis): a TransformerBlock's forward from its submodules (pre-normalisation).
+The exercises:
+5.1 forward_flops(args, batch, seq_len): the floating-point operations of one forward pass, counted from the
+    arguments like the parameters (tests/test_checks.py checks the reference against PyTorch's FlopCounterMode).
 5.2 count_parameters(args): the parameter count of the model that a ModelArgs describes, without building it.
+5.3 an experiment: which sub-layer of a tiny trained model does the copying? Remove each one's contribution to the
+    residual stream in turn and measure the loss.
+
+block_forward(block, x, freqs_cis), a TransformerBlock's pre-norm forward from its sub-modules, checks the
+lesson's in-the-open build.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ from ..model import (
     LLAMA2_PARAMS,
     LLAMA2_VOCAB_SIZE,
     ModelArgs,
+    Transformer,
     TransformerBlock,
     count_parameters,
     precompute_freqs_cis,
 )
-from .core import make_checker
+from ..toy_tasks import evaluation_batch, task_loss, tiny_model, train_on_task
+from .core import make_checker, make_experiment
 
 # --- 5.1 block_forward ------------------------------------------------------------------------------------
 
@@ -178,4 +187,241 @@ check_count_parameters = make_checker(
     rtol=0.0,
 )
 
-__all__ = ["check_block_forward", "check_count_parameters"]
+
+# --- 5.1 forward_flops ------------------------------------------------------------------------------------------
+
+
+def forward_flops_reference(args: ModelArgs, batch: int, seq_len: int) -> int:
+    """Floating-point operations of one forward pass of Transformer(args) over `batch` sequences of `seq_len`
+    tokens, counted the way PyTorch's FlopCounterMode counts them: 2 per multiply-add of every matrix product (the
+    projections wq, wk, wv, wo, w1, w2, w3 of every layer, the output head, and attention's q k^T and
+    softmax(.) v over all seq_len x seq_len pairs, the mask applied after), nothing for the embedding lookup or the
+    elementwise work (norms, RoPE, SiLU, softmax)."""
+    args.require_vocab()
+    e, kv = args.dim, args.kv_heads * args.head_dim
+    tokens = batch * seq_len
+    weights_per_token = args.n_layers * (2 * e * e + 2 * e * kv + 3 * e * args.hidden_dim) + e * args.vocab_size
+    scores_and_mix = 2 * batch * args.n_heads * seq_len * seq_len * args.head_dim  # q k^T, then weights v: 2 products
+    return 2 * tokens * weights_per_token + args.n_layers * 2 * scores_and_mix
+
+
+def _flops_cases():
+    return [
+        ("a tiny multi-head model (dim 32, 2 layers, vocab 50), batch 2, 7 tokens",
+         (ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=50, multiple_of=16), 2, 7)),
+        ("a GQA model (6 heads, 2 key/value heads, multiplier 1.3), batch 3, 16 tokens",
+         (ModelArgs(dim=48, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=101, multiple_of=16,
+                    ffn_dim_multiplier=1.3), 3, 16)),
+        ("an MQA model (one key/value head), one token",
+         (ModelArgs(dim=64, n_layers=1, n_heads=8, n_kv_heads=1, vocab_size=40, multiple_of=1), 1, 1)),
+        ("Llama 2 7B, one sequence of 4096 tokens", (_llama2("7B"), 1, 4096)),
+        ("Llama 2 70B (GQA), batch 4 of 2048 tokens", (_llama2("70B"), 4, 2048)),
+    ]  # fmt: skip
+
+
+def _flops(args, batch, seq_len, *, embedding=False, attention=True, kv_heads=None, output=True, per_mac=2,
+           causal=False, score_heads=None, ffn_matrices=3):  # fmt: skip
+    e = args.dim
+    kv = (args.kv_heads if kv_heads is None else kv_heads(args)) * args.head_dim
+    tokens = batch * seq_len
+    per_token = args.n_layers * (2 * e * e + 2 * e * kv + ffn_matrices * e * args.hidden_dim)
+    per_token += e * args.vocab_size * ((1 if output else 0) + (1 if embedding else 0))
+    pairs = seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+    heads = args.n_heads if score_heads is None else score_heads(args)
+    scores = 2 * batch * heads * pairs * args.head_dim if attention else 0
+    return per_mac * tokens * per_token + args.n_layers * per_mac * scores
+
+
+check_forward_flops = make_checker(
+    "5.1 forward_flops",
+    forward_flops_reference,
+    _flops_cases,
+    [
+        (
+            lambda a, b, s: _flops(a, b, s, attention=False),
+            "attention's own products are missing: q k^T and softmax(.) v cost 2 * seq_len * head_dim "
+            "multiply-adds per query, per head and per layer, besides the projections.",
+        ),
+        (
+            lambda a, b, s: _flops(a, b, s, embedding=True),
+            "the embedding is counted as a matrix product: it is a lookup (one row per token), no arithmetic.",
+        ),
+        (
+            lambda a, b, s: _flops(a, b, s, kv_heads=lambda args: args.n_heads),
+            "wk and wv are counted with n_heads heads: with GQA they project to n_kv_heads * head_dim (args.kv_heads).",
+        ),
+        (
+            lambda a, b, s: _flops(a, b, s, output=False),
+            "the output head is missing: every token's vector is multiplied by the (vocab_size, dim) matrix.",
+        ),
+        (
+            lambda a, b, s: _flops(a, b, s, per_mac=1),
+            "you counted multiply-adds: a multiply-add is 2 floating-point operations (FlopCounterMode's and the "
+            "6ND estimate's convention).",
+        ),
+        (
+            lambda a, b, s: _flops(a, b, s, causal=True),
+            "only the unmasked half of the attention scores is counted: the kernels compute all seq_len x seq_len "
+            "scores and mask afterwards.",
+        ),
+        (
+            lambda a, b, s: _flops(a, b, s, score_heads=lambda args: args.kv_heads),
+            "the attention products are counted for the key/value heads: every QUERY head computes its own scores "
+            "(n_heads of them), whatever head it reads.",
+        ),
+        (
+            lambda a, b, s: _flops(a, b, s, ffn_matrices=2),
+            "the SwiGLU FFN has three matrices (w1, w3: dim -> hidden; w2: hidden -> dim), not two.",
+        ),
+    ],
+    atol=0.0,
+    rtol=0.0,
+)
+
+
+# --- 5.3 the experiment: which sub-layer does the copying? ------------------------------------------------------
+
+
+def ablation_labels(n_layers: int) -> list[str]:
+    return ["nothing removed"] + [f"{part} {i}" for i in range(n_layers) for part in ("attention", "feed_forward")]
+
+
+def _forward_without(model: Transformer, tokens: torch.Tensor, removed: str) -> torch.Tensor:
+    h = model.tok_embeddings(tokens)
+    freqs_cis = model.freqs_cis[: tokens.shape[1]]
+    for i, layer in enumerate(model.layers):
+        if removed != f"attention {i}":
+            h = h + layer.attention(layer.attention_norm(h), freqs_cis)
+        if removed != f"feed_forward {i}":
+            h = h + layer.feed_forward(layer.ffn_norm(h))
+    return model.output(model.norm(h)).float()
+
+
+def ablation_experiment_reference(model: Transformer, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+    """The loss (toy_tasks.task_loss) of the model as it is, and with one sub-layer's contribution to the residual
+    stream removed at a time (h = x instead of h = x + attention(attention_norm(x)), and the same for the FFN),
+    keyed "nothing removed", "attention 0", "feed_forward 0", "attention 1", ..."""
+    with torch.inference_mode():
+        return {label: task_loss(_forward_without(model, inputs, label), targets).item()
+                for label in ablation_labels(model.n_layers)}  # fmt: skip
+
+
+def _ablation_cases():
+    trained = tiny_model(2, seed=4)
+    train_on_task(trained, "copy", steps=6, lr=3e-3, seed=4)
+    return [
+        ("a random 2-layer model on copy inputs", (tiny_model(2, seed=5).eval(), *evaluation_batch("copy", 8))),
+        ("a random 3-layer model on look-back inputs",
+         (tiny_model(3, seed=6).eval(), *evaluation_batch("lookback", 8))),
+        ("a 2-layer model trained for 6 steps", (trained, *evaluation_batch("copy", 8))),
+    ]  # fmt: skip
+
+
+def _ab_variant(forward):
+    def measure(model, inputs, targets):
+        with torch.inference_mode():
+            return {label: task_loss(forward(model, inputs, label), targets).item()
+                    for label in ablation_labels(model.n_layers)}  # fmt: skip
+
+    return measure
+
+
+def _without_whole_block(model, tokens, removed):
+    h = model.tok_embeddings(tokens)
+    freqs_cis = model.freqs_cis[: tokens.shape[1]]
+    for i, layer in enumerate(model.layers):
+        if removed.endswith(f" {i}"):
+            continue
+        h = layer(h, freqs_cis)
+    return model.output(model.norm(h)).float()
+
+
+def _without_norm(model, tokens, removed):
+    h = model.tok_embeddings(tokens)
+    freqs_cis = model.freqs_cis[: tokens.shape[1]]
+    for i, layer in enumerate(model.layers):
+        a = layer.attention(h if removed == f"attention {i}" else layer.attention_norm(h), freqs_cis)
+        h = h + a
+        f = layer.feed_forward(h if removed == f"feed_forward {i}" else layer.ffn_norm(h))
+        h = h + f
+    return model.output(model.norm(h)).float()
+
+
+def _replacing_stream(model, tokens, removed):
+    h = model.tok_embeddings(tokens)
+    freqs_cis = model.freqs_cis[: tokens.shape[1]]
+    for i, layer in enumerate(model.layers):
+        a = layer.attention(layer.attention_norm(h), freqs_cis)
+        h = torch.zeros_like(h) if removed == f"attention {i}" else h + a
+        f = layer.feed_forward(layer.ffn_norm(h))
+        h = torch.zeros_like(h) if removed == f"feed_forward {i}" else h + f
+    return model.output(model.norm(h)).float()
+
+
+def _no_final_norm(model, tokens, removed):
+    h = model.tok_embeddings(tokens)
+    freqs_cis = model.freqs_cis[: tokens.shape[1]]
+    for i, layer in enumerate(model.layers):
+        if removed != f"attention {i}":
+            h = h + layer.attention(layer.attention_norm(h), freqs_cis)
+        if removed != f"feed_forward {i}":
+            h = h + layer.feed_forward(layer.ffn_norm(h))
+    return model.output(h).float()
+
+
+def _ablation_outcome(result: dict) -> tuple[str, str]:
+    base = result["nothing removed"]
+    worst = max((label for label in result if label != "nothing removed"), key=result.get)
+    account = (f"the loss is {base:.2f} with every sub-layer and rises most, to {result[worst]:.2f}, without "
+               f"{worst}")  # fmt: skip
+    n_layers = (len(result) - 1) // 2
+    if worst == "attention 0":
+        return "the first attention", account
+    if worst == f"attention {n_layers - 1}":
+        return "the last attention", account
+    return "a feed-forward layer", account
+
+
+check_ablation_experiment = make_experiment(
+    "5.3 ablation_experiment",
+    ablation_experiment_reference,
+    _ablation_cases,
+    [
+        (
+            _ab_variant(_without_whole_block),
+            "the whole block was skipped: remove one sub-layer at a time, keeping the other sub-layer of its block.",
+        ),
+        (
+            _ab_variant(_without_norm),
+            "the norm was skipped, not the sub-layer: the removed sub-layer adds nothing to the stream "
+            "(h stays h).",
+        ),
+        (
+            _ab_variant(_replacing_stream),
+            "the stream itself was zeroed: removing a sub-layer leaves the residual stream as it was (h = x), it "
+            "does not wipe what the earlier layers wrote.",
+        ),
+        (
+            _ab_variant(_no_final_norm),
+            "the final norm is missing from your forward pass: the output head reads model.norm(h).",
+        ),
+    ],
+    choices={
+        "the first attention": "without layer 0's attention the loss rises most",
+        "the last attention": "without the last layer's attention the loss rises most",
+        "a feed-forward layer": "without one of the FFNs the loss rises most",
+    },
+    outcome=_ablation_outcome,
+    atol=1e-5,
+    rtol=1e-5,
+)
+
+__all__ = [
+    "ablation_experiment_reference",
+    "ablation_labels",
+    "check_ablation_experiment",
+    "check_block_forward",
+    "check_count_parameters",
+    "check_forward_flops",
+    "forward_flops_reference",
+]

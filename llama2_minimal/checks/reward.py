@@ -21,6 +21,11 @@ def _loss_cases():
          (torch.randn(6, generator=g), torch.randn(6, generator=g), torch.tensor([1, 2 / 3, 1 / 3, 0, 1, 0]))),
         ("5 pairs, the large margins, rewards far apart",
          (3 * torch.randn(5, generator=g), 3 * torch.randn(5, generator=g), torch.tensor([3.0, 2, 1, 0, 3]))),
+        # A confident reward model: gaps of about 100 to 200, where sigmoid(x) rounds to 0 in float32 and a naive
+        # -log(sigmoid(x)) is infinite (and to 1 for large positive gaps, where it is exactly 0).
+        ("4 pairs whose reward gaps are huge (about -200 to +150), the small margins",
+         (torch.tensor([-120.0, 90.0, -60.0, 150.0]), torch.tensor([80.0, -20.0, 45.0, 0.0]),
+          torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))),
     ]  # fmt: skip
 
 
@@ -40,6 +45,10 @@ def _loss_unstable(chosen, rejected, margin):
     return -torch.log(torch.sigmoid(chosen - rejected) - margin).mean()
 
 
+def _loss_naive_log_sigmoid(chosen, rejected, margin):
+    return -torch.log(torch.sigmoid(chosen - rejected - margin)).mean()
+
+
 check_margin_loss = make_checker(
     "9.1 margin_loss",
     margin_ranking_loss,
@@ -52,6 +61,11 @@ check_margin_loss = make_checker(
         (_loss_reversed, "chosen and rejected are swapped: the loss should fall as r_chosen rises above r_rejected."),
         (_loss_summed, "the loss is summed over pairs: take the mean, so the scale does not depend on the batch."),
         (_loss_unstable, "the margin is subtracted after the sigmoid: it belongs inside, sigmoid(r_c - r_r - m)."),
+        (
+            _loss_naive_log_sigmoid,
+            "log(sigmoid(x)) overflows for a large reward gap: sigmoid(-200) rounds to 0 in float32 and its log is "
+            "-inf. Use F.logsigmoid(x), which computes the same stably (log sigmoid(x) = -softplus(-x)).",
+        ),
     ],
 )
 

@@ -1,5 +1,10 @@
-"""Checkers for lesson 03 (rotary position embeddings, §2.2 and Su et al. 2021): the rotation table, Meta's
-interleaved rotation of queries and keys, and the wq/wk row permutation to Hugging Face's rotate-half layout."""
+"""Checkers for lesson 03 (rotary position embeddings, §2.2 and Su et al. 2021).
+
+The exercises: 3.1 `apply_rotary_half` (Hugging Face's rotate-half form, written from Meta's complex table), 3.2 an
+experiment (does a tiny model learn to look two tokens back without any position information?), 3.3
+`permute_for_hf` (the wq/wk row permutation between the two layouts). The checkers of the rotation table and of
+Meta's interleaved rotation (precompute_freqs_cis, apply_rotary_emb) check the lesson's in-the-open builds.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import torch
 
 from ..checkpoint import permute_hf_to_meta, permute_meta_to_hf
 from ..model import apply_rotary_emb, precompute_freqs_cis
-from .core import make_checker
+from ..toy_tasks import final_loss, tiny_model, train_on_task
+from .core import make_checker, make_experiment
 
 # --- 3.1 precompute_freqs_cis -----------------------------------------------------------------------------
 
@@ -199,4 +205,199 @@ check_permute_for_hf = make_checker(
     rtol=0.0,
 )
 
-__all__ = ["check_apply_rotary_emb", "check_permute_for_hf", "check_precompute_freqs_cis"]
+
+# --- 3.1 apply_rotary_half: Hugging Face's layout, from Meta's complex table ------------------------------------
+
+
+def apply_rotary_half_reference(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor
+                                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Hugging Face's rotary embedding (GPT-NeoX's rotate_half) on queries and keys in Meta's layout
+    (B, S, heads, D): feature j is paired with j + D/2 and the pair is rotated by the angle of freqs_cis[s, j].
+    In float32, returned in the inputs' dtypes; equal to transformers' apply_rotary_pos_emb (tests/test_checks.py)."""
+    cos = torch.cat([freqs_cis.real, freqs_cis.real], dim=-1)[None, :, None, :]  # (1, S, 1, D): theta_j twice
+    sin = torch.cat([freqs_cis.imag, freqs_cis.imag], dim=-1)[None, :, None, :]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        half = xf.shape[-1] // 2
+        rotated_half = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+        return (xf * cos + rotated_half * sin).type_as(x)
+
+    return rotate(xq), rotate(xk)
+
+
+def _rotary_half_cases():
+    g = torch.Generator().manual_seed(31)
+
+    def case(batch, seqlen, n_heads, n_kv_heads, head_dim, start=0, theta=10000.0, dtype=torch.float32):
+        xq = torch.randn(batch, seqlen, n_heads, head_dim, generator=g).to(dtype)
+        xk = torch.randn(batch, seqlen, n_kv_heads, head_dim, generator=g).to(dtype)
+        return xq, xk, precompute_freqs_cis(head_dim, start + seqlen, theta)[start:]
+
+    return [
+        ("batch 2, 5 positions, 4 query and 4 key heads, head_dim 8", case(2, 5, 4, 4, 8)),
+        ("4 query heads and 1 key head (GQA), head_dim 16, theta 1e6", case(3, 6, 4, 1, 16, theta=1e6)),
+        ("a single new token at position 9 (decoding with a cache)", case(1, 1, 2, 2, 8, start=9)),
+        ("batch 2, 7 positions starting at 3, head_dim 4", case(2, 7, 2, 2, 4, start=3)),
+        ("bfloat16 queries and keys, head_dim 32", case(2, 4, 2, 2, 32, dtype=torch.bfloat16)),
+    ]
+
+
+def _half(x, freqs_cis, *, sign=1, interleave_angles=False, swap=False, in_dtype=False):
+    angles = torch.angle(freqs_cis)
+    angles = angles.repeat_interleave(2, dim=-1) if interleave_angles else torch.cat([angles, angles], dim=-1)
+    cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+    xf = x if in_dtype else x.float()
+    if in_dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated_half = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1) * sign
+    out = xf * sin + rotated_half * cos if swap else xf * cos + rotated_half * sin
+    return out.type_as(x)
+
+
+def _rh_both(**kw):
+    return lambda xq, xk, freqs_cis: (_half(xq, freqs_cis, **kw), _half(xk, freqs_cis, **kw))
+
+
+check_apply_rotary_half = make_checker(
+    "3.1 apply_rotary_half",
+    apply_rotary_half_reference,
+    _rotary_half_cases,
+    [
+        (
+            apply_rotary_emb,
+            "this is Meta's layout, adjacent features (2j, 2j+1) as one pair: Hugging Face pairs feature j with "
+            "feature j + D/2 (the first half with the second half).",
+        ),
+        (
+            _rh_both(sign=-1),
+            "the rotation goes the wrong way: rotate_half(x) is (-x2, x1) for the halves x1, x2 of x, so that "
+            "x_j cos - x_(j+D/2) sin comes first.",
+        ),
+        (
+            _rh_both(interleave_angles=True),
+            "the angles are repeated in place (theta_0, theta_0, theta_1, theta_1, ...): feature j and feature "
+            "j + D/2 share theta_j, so the D/2 angles are concatenated with themselves, [theta, theta].",
+        ),
+        (
+            lambda xq, xk, freqs_cis: (_half(xq, freqs_cis), xk),
+            "the keys are not rotated: rotate xk exactly like xq (with its own number of heads).",
+        ),
+        (
+            _rh_both(swap=True),
+            "cos and sin are swapped: x * cos(m theta) + rotate_half(x) * sin(m theta); the real part of "
+            "freqs_cis is the cosine.",
+        ),
+        (
+            _rh_both(in_dtype=True),
+            "the rotation is computed in bfloat16: compute in float32 (x.float()) and cast the result back with "
+            ".type_as(x).",
+        ),
+    ],
+    atol=1e-5,
+    rtol=1e-5,
+)
+
+
+# --- 3.2 the experiment: attention without position information -----------------------------------------------
+
+LEARNED = 1.0  # a final loss below this has learned the look-back task (guessing costs ln 29 = 3.37)
+
+
+def lookback_experiment_reference(seeds: tuple[int, ...], steps: int = 80) -> dict[str, list[float]]:
+    """Tiny 2-layer models on the look-back task (name the token two positions back), with rotary embeddings
+    and without any position information (every rotation by angle 0: freqs_cis of ones): the final loss of each
+    run, by condition."""
+    out = {"with RoPE": [], "without positions": []}
+    for name in out:
+        for seed in seeds:
+            model = tiny_model(2, seed=seed)
+            if name == "without positions":
+                model.freqs_cis = torch.ones_like(model.freqs_cis)  # e^(i 0) = 1: nothing is rotated
+            out[name].append(final_loss(train_on_task(model, "lookback", steps, 3e-3, 0, seed)))
+    return out
+
+
+def _lookback_cases():
+    return [("seeds 0 and 1, 6 steps", ((0, 1), 6)), ("seed 5, 4 steps", ((5,), 4))]
+
+
+def _lb_variant(disable):
+    def measure(seeds, steps=80):
+        out = {"with RoPE": [], "without positions": []}
+        for name in out:
+            for seed in seeds:
+                model = tiny_model(2, seed=seed)
+                if name == "without positions":
+                    disable(model)
+                out[name].append(final_loss(train_on_task(model, "lookback", steps, 3e-3, 0, seed)))
+        return out
+
+    return measure
+
+
+def _zeros(model):
+    model.freqs_cis = torch.zeros_like(model.freqs_cis)
+
+
+def _real_part(model):
+    model.freqs_cis = torch.complex(model.freqs_cis.real, torch.zeros_like(model.freqs_cis.real))
+
+
+def _nothing(model):
+    pass
+
+
+def _lookback_outcome(result: dict[str, list[float]]) -> tuple[str, str]:
+    n = len(result["with RoPE"])
+    with_rope = sum(loss < LEARNED for loss in result["with RoPE"])
+    without = sum(loss < LEARNED for loss in result["without positions"])
+    mean = {name: sum(losses) / len(losses) for name, losses in result.items()}
+    account = (f"the model learned the task in {with_rope} of {n} seeds with RoPE (mean final loss "
+               f"{mean['with RoPE']:.2f}) and in {without} of {n} without positions ({mean['without positions']:.2f})")
+    if with_rope == n and without == 0:
+        return "only with RoPE", account
+    if with_rope == n and without == n:
+        return "both", account
+    if with_rope == 0 and without == 0:
+        return "neither", account
+    return "mixed", account
+
+
+check_lookback_experiment = make_experiment(
+    "3.2 lookback_experiment",
+    lookback_experiment_reference,
+    _lookback_cases,
+    [
+        (
+            _lb_variant(_zeros),
+            "freqs_cis is all zeros: that multiplies every query and key by 0, so attention sees no content at all; "
+            "a rotation by angle 0 is multiplication by 1 (torch.ones_like(model.freqs_cis)).",
+        ),
+        (
+            _lb_variant(_real_part),
+            "only the imaginary part is zeroed: cos(m theta) still scales the features by position; every entry "
+            "must be exactly 1 (angle 0).",
+        ),
+        (_lb_variant(_nothing), "the 'without positions' models still rotate: set their freqs_cis to ones."),
+    ],
+    choices={
+        "only with RoPE": "the model learns the task with rotary embeddings and fails without any position information",
+        "both": "the model learns it either way: the causal mask alone tells it enough about positions",
+        "neither": "2 layers and 80 steps are too few either way",
+    },
+    outcome=_lookback_outcome,
+    atol=1e-6,
+    rtol=1e-6,
+)
+
+__all__ = [
+    "apply_rotary_half_reference",
+    "check_apply_rotary_emb",
+    "check_apply_rotary_half",
+    "check_lookback_experiment",
+    "check_permute_for_hf",
+    "check_precompute_freqs_cis",
+    "lookback_experiment_reference",
+]

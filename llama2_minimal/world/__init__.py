@@ -1,4 +1,4 @@
-"""The toy world: the package's built-in data, deterministic from a seed (COURSE.md §4).
+"""The toy world: the package's built-in data, deterministic from a seed (lesson 00 shows it; lesson 06 its corpus).
 
 world = World(WorldConfig(seed=0, n_countries=24, n_people=36))
 world.corpus()              pretraining documents

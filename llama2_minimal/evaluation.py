@@ -92,8 +92,9 @@ def judged(world: World, prompts: Sequence[Prompt], answers: Sequence[str], crit
 
 def choice_accuracy(model: Transformer, tokenizer, world: World, prompts: Sequence[Prompt], n_choices: int = 4,
                     seed: int = 0) -> float:  # fmt: skip
-    """Multiple choice scored by likelihood (§2.3): the well-formed answer sentence with the right value against
-    n_choices - 1 sentences with other values of the same attribute; right if it is the most likely."""
+    """Multiple choice scored by likelihood (Llama 1 §3; Llama 2 §2.3 reports such benchmarks): the well-formed
+    answer sentence with the right value against n_choices - 1 sentences with other values of the same attribute;
+    right if it is the most likely."""
     rng = random.Random(seed)
     shots = few_shot(world)
     prefixes, continuations, groups = [], [], []

@@ -269,7 +269,7 @@ def test_exercise_notebooks_record_their_solution():
 @pytest.mark.parametrize("path", [p for p in SOLUTIONS if 1 <= int(p.name[:2]) <= 7], ids=lambda p: p.name)
 def test_lessons_01_to_07_have_three_exercises_and_an_experiment(path):
     """Each of them asks for code its lesson has not shown and runs one experiment, whose check cell compares the
-    prediction the learner wrote before the run with the outcome (COURSE.md §6)."""
+    prediction the learner wrote before the run with the outcome (the course's rule for experiments)."""
     from llama2_minimal.course.exercises import exercises_of
 
     nb = read_notebook(path)

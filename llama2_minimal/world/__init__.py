@@ -1,4 +1,4 @@
-"""The toy world: the package's built-in data, deterministic from a seed (lesson 06 shows its corpus and how it is cleaned).
+"""The toy world: the package's built-in data, deterministic from a seed (lesson 06 shows its corpus, cleaned).
 
 world = World(WorldConfig(seed=0, n_countries=24, n_people=36))
 world.corpus()              pretraining documents

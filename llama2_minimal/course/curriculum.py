@@ -15,7 +15,7 @@ class Lesson:
 
 
 LESSONS = [
-    Lesson(0, "00_the_map", "The map", "the recipe, the toy world, how exercises are validated", "Fig 4"),
+    Lesson(0, "00_the_map", "The map", "the recipe, the lessons, how exercises are validated", "Fig 4"),
     Lesson(1, "01_tokenizer", "Tokenizer", "BPE from scratch; SentencePiece BPE with split digits and byte fallback",
            "§2.2"),
     Lesson(2, "02_building_blocks", "Building blocks", "RMSNorm, SwiGLU and its hidden-size rule, pre-norm", "§2.2"),

@@ -175,7 +175,13 @@ def cmd_generate(opts: argparse.Namespace) -> int:
 def cmd_pipeline(opts: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
-    run_pipeline(opts.profile, opts.out)
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise ValueError(f"--threads must be 1 or more, got {opts.threads}")
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    run_pipeline(opts.profile, opts.out, seed=opts.seed)
     return 0
 
 
@@ -428,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="ci, laptop (default) or gpu; or set $LLAMA2_MINIMAL_PROFILE")
     p.add_argument("--out", help="the run folder (default: the artefact cache, $LLAMA2_MINIMAL_CACHE or "
                    "~/.cache/llama2-minimal)")  # fmt: skip
+    p.add_argument("--seed", type=int, help="another seed for the world and every stage (default: "
+                   "$LLAMA2_MINIMAL_SEED, else the profile's, 0); its models are cached apart, its table goes to "
+                   "results-seedN.json")  # fmt: skip
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser(

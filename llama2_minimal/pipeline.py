@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import artifacts
@@ -23,17 +25,19 @@ def _read_metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None = None, log=print) -> dict:
+def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None = None, log=print,
+                 seed: int | None = None) -> dict:
     from .checkpoint import load_checkpoint
     from .evaluation import evaluate_base, memorisation
     from .tokenizer import Tokenizer
     from .train.pretrain import corpus_texts, pretraining_rows
     from .world import World
 
-    profile = get_profile(profile_name)
+    profile = get_profile(profile_name, seed)
     root = Path(out) if out is not None else None
     results: dict[str, dict] = {}
-    log(f"llama2-minimal pipeline, profile {profile.name}, output in {artifacts.cache_root(root) / profile.name}")
+    where = artifacts.cache_root(root) / profile.name
+    log(f"llama2-minimal pipeline, profile {profile.name}, seed {profile.world.seed}, output in {where}")
 
     def timed(stage: str, fn):
         start = time.perf_counter()
@@ -88,7 +92,7 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
     timed("reward", lambda: reward_stage(profile, root))
     timed("rejection_sampling", lambda: rejection_stage(profile, world, tokenizer, root))
 
-    target = (root or artifacts.cache_root() / profile.name) / "results.json"
+    target = (root or artifacts.cache_root() / profile.name) / results_name(profile)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n")
@@ -96,6 +100,14 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
     log(format_table(results))
     log(f"results written to {target}")
     return results
+
+
+def results_name(profile) -> str:
+    """results.json for the profile's own seed; results-seedN.json for another (both can sit in one folder)."""
+    from .profiles import PROFILES
+
+    default = PROFILES[profile.name].world.seed
+    return "results.json" if profile.world.seed == default else f"results-seed{profile.world.seed}.json"
 
 
 def judged_chat(model, tokenizer, world, profile, prefix: str = "") -> dict:
@@ -192,3 +204,69 @@ def format_table(results: dict) -> str:
         shown = f"{value:,}" if isinstance(value, int) else f"{value:.4g}" if isinstance(value, float) else str(value)
         lines.append(f"{stage:<{width[0]}}  {metric:<{width[1]}}  {shown}")
     return "\n".join(lines)
+
+
+# --- the effects the tests assert on trained models -------------------------------------------------------------
+# Each is a quantity of results.json and the bound the course says it passes. tests/test_pipeline.py asserts each in
+# `ci`; benchmarks/seed_spread.py builds `ci` under several seeds and thread counts and reports how far each margin
+# (the quantity's distance past its bound, positive when the assertion holds) moves between runs. Training is
+# deterministic on one machine, not across CPUs: an assertion belongs here only where its margin holds in every run
+# and its mean margin exceeds that spread.
+
+
+@dataclass(frozen=True)
+class Effect:
+    name: str
+    quantity: Callable[[dict], float]
+    bound: float | Callable[[dict], float]
+    direction: str  # ">" (the quantity must exceed the bound) or "<"
+
+    def margin(self, results: dict) -> float:
+        """How far the quantity is past its bound: positive when the assertion holds."""
+        value = self.quantity(results)
+        bound = self.bound(results) if callable(self.bound) else self.bound
+        return value - bound if self.direction == ">" else bound - value
+
+
+def _reward_max(results: dict, which: str) -> float:
+    rs = results["rejection_sampling"]
+    ks = sorted(int(k.removeprefix("reward_max_k")) for k in rs if k.startswith("reward_max_k") and "_t" not in k)
+    return rs[f"reward_max_k{ks[0 if which == 'first' else -1]}"]
+
+
+def _reward_median_largest_k(results: dict) -> float:
+    rs = results["rejection_sampling"]
+    k = max(int(k.removeprefix("reward_max_k")) for k in rs if k.startswith("reward_max_k") and "_t" not in k)
+    return rs[f"reward_median_k{k}"]
+
+
+EFFECTS = [
+    Effect("pretraining's final training loss below 1.0", lambda r: r["pretrain"]["final_train_loss"], 1.0, "<"),
+    Effect("base model's validation perplexity below 5", lambda r: r["base"]["validation_perplexity"], 5.0, "<"),
+    Effect("base model picks the right fact of 4 above 0.5 (chance 0.25)",
+           lambda r: r["base"]["fact_accuracy_choice"], 0.5, ">"),  # fmt: skip
+    Effect("uncleaned model recalls phone digits above 0.2 (chance 0.1)",
+           lambda r: r["base"]["phone_digits_recalled_uncleaned"], 0.2, ">"),  # fmt: skip
+    Effect("helpfulness RM: significantly better pairs above negligibly better (Table 8)",
+           lambda r: r["reward"]["helpfulness_rm_accuracy_significantly"],
+           lambda r: r["reward"]["helpfulness_rm_accuracy_negligibly"], ">"),  # fmt: skip
+    Effect("helpfulness RM above chance (0.5) on its test set",
+           lambda r: r["reward"]["helpfulness_rm_on_helpfulness_test"], 0.5, ">"),  # fmt: skip
+    Effect("safety RM above 0.8 on significantly better safety pairs",
+           lambda r: r["reward"]["safety_rm_accuracy_significantly"], 0.8, ">"),  # fmt: skip
+    Effect("best-of-K reward: largest K above K = 1 by 0.2 (Fig 7)",
+           lambda r: _reward_max(r, "last"), lambda r: _reward_max(r, "first") + 0.2, ">"),  # fmt: skip
+    Effect("best-of-K reward above the median sample by 0.2 at the largest K (Fig 7's gap)",
+           lambda r: _reward_max(r, "last"), lambda r: _reward_median_largest_k(r) + 0.2, ">"),  # fmt: skip
+]
+# Not asserted in `ci`: benchmarks/seed_spread.py built it under seeds 0, 1, 2 with 1 and 2 threads, and seed 0 with
+# AVX2 kernels (another CPU's rounding), and these margins did not clear their spread (smallest margin, spread):
+# - SFT above base in held-out helpfulness (+0.028, 0.069): 40 of the 64 helpful held-out prompts (seed 0) are sums,
+#   which neither model can do at this size, and the SFT model's held-out facts swing with the world (0.13 to 0.43).
+# - the safety RM above the helpfulness RM on the safety test set, Table 7 (+0.091, 0.303).
+# - RLHF-V2 above SFT in held-out helpfulness (-0.058, 0.088; V1: -0.029, 0.061). In `ci` rejection sampling selects
+#   nothing the judge values: the reward model's best of 4 scores no higher in gold than one sample (-0.015 to
+#   +0.015), and the kept answers' gold is the sampled answers' (-0.005 to +0.005), because the reward model cannot
+#   tell a right fact from a wrong one.
+# - RLHF-V2's safety against SFT's is not asserted either: every model, the base model included, scores 1.0 in `ci`
+#   (its answers to unsafe requests never hold what the judge counts as a violation), so it could not fail.

@@ -11,11 +11,12 @@ notebooks read, so CI runs the lessons in `ci` while a learner gets `laptop`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .world import WorldConfig
 
 PROFILE_ENV = "LLAMA2_MINIMAL_PROFILE"
+SEED_ENV = "LLAMA2_MINIMAL_SEED"  # another seed for the notebooks too (benchmarks/seed_spread.py runs them under it)
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,22 @@ PROFILES = {
 }
 
 
-def get_profile(name: str | None = None) -> Profile:
-    """The profile named, else the one in $LLAMA2_MINIMAL_PROFILE, else `laptop`."""
+def get_profile(name: str | None = None, seed: int | None = None) -> Profile:
+    """The profile named, else the one in $LLAMA2_MINIMAL_PROFILE, else `laptop`.
+
+    `seed` (else $LLAMA2_MINIMAL_SEED, else the profile's own, 0) replaces the world's seed, which every stage
+    derives its own seeds from (the world itself, the data's order, initialisation, sampling): another seed builds
+    another world and other models of the same sizes, cached apart from the default ones. benchmarks/seed_spread.py
+    uses it to measure how far results move between runs."""
     name = name or os.environ.get(PROFILE_ENV) or "laptop"
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)} (--profile or ${PROFILE_ENV})")
-    return PROFILES[name]
+    if seed is None and os.environ.get(SEED_ENV, "").strip():
+        text = os.environ[SEED_ENV].strip()
+        if not text.isdigit():
+            raise ValueError(f"${SEED_ENV} must be a whole number of 0 or more, got {text!r}: set it so or unset it")
+        seed = int(text)
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be 0 or more, got {seed}")
+    profile = PROFILES[name]
+    return profile if seed is None else replace(profile, world=replace(profile.world, seed=seed))

@@ -66,3 +66,21 @@ def test_profiles_are_chosen_by_name_or_environment(monkeypatch):
     assert get_profile().name == "laptop"
     with pytest.raises(ValueError, match="unknown profile"):
         get_profile("huge")
+
+
+def test_another_seed_builds_another_world_cached_apart(monkeypatch, tmp_path):
+    from llama2_minimal.pipeline import results_name
+
+    monkeypatch.delenv("LLAMA2_MINIMAL_SEED", raising=False)
+    ci, other = get_profile("ci"), get_profile("ci", seed=3)
+    assert other.world.seed == 3 and other.model == ci.model and other.pretrain == ci.pretrain
+    folder = artifacts.stage_folder("tokenizer", ci, artifacts.tokenizer_settings(ci), tmp_path)
+    assert folder != artifacts.stage_folder("tokenizer", other, artifacts.tokenizer_settings(other), tmp_path)
+    assert (results_name(ci), results_name(other)) == ("results.json", "results-seed3.json")
+    monkeypatch.setenv("LLAMA2_MINIMAL_SEED", "3")
+    assert get_profile("ci") == other and get_profile("ci", seed=0) == ci  # the argument wins over the variable
+    monkeypatch.setenv("LLAMA2_MINIMAL_SEED", "three")
+    with pytest.raises(ValueError, match="LLAMA2_MINIMAL_SEED must be a whole number"):
+        get_profile("ci")
+    with pytest.raises(ValueError, match="seed must be 0 or more"):
+        get_profile("ci", seed=-1)

@@ -208,3 +208,12 @@ def test_init_writes_a_loadable_random_model(tmp_path, capsys):
     assert model.params.vocab_size == 64 and model.params.dim == 192
     std = model.layers[0].attention.wq.weight.std().item()
     assert abs(std - 0.02) < 0.002  # the pretraining initialisation, not zeros or ones
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--threads", "0"], "--threads must be 1 or more"),
+                                            (["--seed", "-2"], "seed must be 0 or more")])  # fmt: skip
+def test_pipeline_refuses_bad_seeds_and_thread_counts_before_building(tmp_path, capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, "pipeline", "--profile", "ci", "--out", tmp_path, *argv)
+    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was written

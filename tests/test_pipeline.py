@@ -4,11 +4,14 @@ each stage's effect goes the right way."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from llama2_minimal import artifacts
-from llama2_minimal.pipeline import format_table
+from llama2_minimal.pipeline import EFFECTS, format_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,53 +41,66 @@ def test_cleaning_removed_private_data_and_duplicates(run):
     assert pretrain["emails_removed"] > 0
 
 
-def test_the_base_model_learned_the_world(run):
-    base = run[2]["base"]
-    assert base["validation_perplexity"] < 5.0
-    assert base["fact_accuracy_choice"] > 0.5  # chance is 0.25 with four options
-    assert run[2]["pretrain"]["final_train_loss"] < 1.0
-
-
 def test_cleaning_prevents_memorising_private_data(run):
     base = run[2]["base"]
     assert base["phone_numbers_recalled"] == 0.0 and base["emails_recalled"] == 0.0
     assert base["phone_digits_recalled"] == 0.0  # the cleaned model never saw a number: it writes none
-    assert base["phone_digits_recalled_uncleaned"] > 0.2  # chance for random digits is 0.1
 
 
 def test_a_second_run_reuses_the_cached_stages(run):
     out = run[0]
+    built = {p: p.stat().st_mtime_ns for p in (out / "ci").glob(f"*/{artifacts.DONE}")}
     result = subprocess.run([sys.executable, "-m", "llama2_minimal", "pipeline", "--profile", "ci", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "ci").glob(f"*/{artifacts.DONE}")} == built  # nothing rebuilt
     again = json.loads((out / "results.json").read_text())
-    assert again["pretrain"]["seconds"] < 5.0 and again["reward"]["seconds"] < 30.0  # nothing trained again
+
+    def strip(results):
+        return {stage: {k: v for k, v in row.items() if k != "seconds"} for stage, row in results.items()}
+
+    assert strip(again) == strip(run[2])  # the same models judged again on the same machine: the same figures
 
 
-def test_sft_beats_the_base_model_on_held_out_prompts(run):
+def test_the_sft_ablation_is_built_as_described(run):
     sft = run[2]["sft"]
-    assert sft["helpfulness"] > sft["base_helpfulness"]  # judged in the chat format, at Meta's settings
     assert sft["ablation_sloppy_flawed"] > 0.3 * sft["ablation_sloppy_demonstrations"]
     assert abs(sft["ablation_sloppy_demonstrations"] - 4 * sft["ablation_careful_demonstrations"]) <= 4
 
 
-def test_reward_models_are_right_more_often_on_clearer_preferences(run):
-    reward = run[2]["reward"]
-    assert reward["helpfulness_rm_accuracy_significantly"] > reward["helpfulness_rm_accuracy_negligibly"]
-    assert reward["margin_small_accuracy"] > 0.55  # chance is 0.5
-    assert reward["safety_rm_accuracy_significantly"] > 0.8
-    assert reward["safety_rm_on_safety_test"] > reward["helpfulness_rm_on_safety_test"]  # Table 7's diagonal
+@pytest.mark.parametrize("effect", EFFECTS, ids=lambda e: e.name)
+def test_each_stage_has_its_effect(run, effect):
+    """The base model learned the world, SFT beats it, the reward models are right more often on clearer
+    preferences and the safety RM on safety, best-of-K raises the reward. Each effect's margin over its bound held in
+    every run of benchmarks/seed_spread.py (seeds 0-2, 1 and 2 threads, AVX2 kernels) and its mean exceeds the spread;
+    what `ci` cannot assert (rejection sampling over SFT) is said beside the list, in llama2_minimal/pipeline.py."""
+    assert effect.margin(run[2]) > 0, f"{effect.name}: margin {effect.margin(run[2]):+.4f}"
 
 
-def test_best_of_k_reward_grows_with_k(run):
+def test_best_of_k_reward_never_falls_as_k_grows(run):
     rs = run[2]["rejection_sampling"]
     ks = sorted(int(k.removeprefix("reward_max_k")) for k in rs if k.startswith("reward_max_k") and "_t" not in k)
     maxima = [rs[f"reward_max_k{k}"] for k in ks]
-    assert maxima == sorted(maxima) and maxima[-1] > maxima[0] + 0.2
-    assert rs[f"reward_max_k{ks[-1]}"] > rs[f"reward_median_k{ks[-1]}"] + 0.2  # the gap of Fig 7
+    assert maxima == sorted(maxima)  # the best of K samples is taken from the first K of the same draws
 
 
-def test_rejection_sampling_beats_sft_on_the_gold_judge(run):
-    sft, rs = run[2]["sft"], run[2]["rejection_sampling"]
-    assert rs["v2_helpfulness"] > sft["helpfulness"]
-    assert rs["v2_safety"] >= sft["safety"] - 0.05
+def test_the_spread_keeps_an_effect_only_where_every_run_clears_its_bound_by_more_than_the_spread():
+    import importlib.util
+
+    from llama2_minimal.pipeline import Effect
+
+    spec = importlib.util.spec_from_file_location("seed_spread", ROOT / "benchmarks" / "seed_spread.py")
+    seed_spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_spread)
+    effects = [Effect("steady", lambda r: r["x"], 0.5, ">"), Effect("lower is better", lambda r: r["y"], 1.0, "<"),
+               Effect("bound from results", lambda r: r["x"], lambda r: r["y"] - 0.4, ">")]  # fmt: skip
+    runs = {"a": {"x": 0.60, "y": 0.70}, "b": {"x": 0.62, "y": 0.95}, "c": {"x": 0.61, "y": 1.02}}
+    rows = {r["effect"]: r for r in seed_spread.spread_table(runs, effects)}
+    assert rows["steady"]["kept"] and rows["steady"]["spread"] == pytest.approx(0.02)
+    assert rows["steady"]["margins"]["a"] == pytest.approx(0.10)
+    assert not rows["lower is better"]["kept"] and rows["lower is better"]["min"] == pytest.approx(-0.02)  # c fails
+    wide = rows["bound from results"]  # margins 0.30, 0.07, -0.01
+    assert wide["margins"]["a"] == pytest.approx(0.30) and not wide["kept"]
+    runs["c"]["y"] = 0.90  # every margin now positive (0.30, 0.07, 0.11), but the mean 0.16 is below the spread 0.23
+    rows = {r["effect"]: r for r in seed_spread.spread_table(runs, effects)}
+    assert rows["bound from results"]["min"] > 0 and not rows["bound from results"]["kept"]

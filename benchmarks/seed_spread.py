@@ -6,7 +6,8 @@ several seeds, thread counts and kernel sets, each in its own cache, and reports
 (`llama2_minimal.pipeline.EFFECTS`) its margin in each run: how far the quantity is past its bound. An assertion
 stays only where its margin holds in every run and its mean exceeds its spread (largest minus smallest). Another
 seed is the largest change (another world); `--kernels avx2` limits the kernels to AVX2, as on a CPU without
-AVX-512, which moved `ci`'s SFT helpfulness from 0.084 to 0.039 here, about what the CI machine had built (0.037).
+AVX-512, which moved the SFT helpfulness of `ci` (then 8 countries and 8 people) from 0.084 to 0.039 here, about
+what the CI machine had built (0.037).
 On the 2-core machine where it was first run, 1 and 2 threads built the same models.
 
     python benchmarks/seed_spread.py                        # ci, seeds 0 1 2, threads 1 and 2: about 45 min here

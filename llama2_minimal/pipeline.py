@@ -247,6 +247,8 @@ EFFECTS = [
            lambda r: r["base"]["fact_accuracy_choice"], 0.5, ">"),  # fmt: skip
     Effect("uncleaned model recalls phone digits above 0.2 (chance 0.1)",
            lambda r: r["base"]["phone_digits_recalled_uncleaned"], 0.2, ">"),  # fmt: skip
+    Effect("SFT above base in held-out helpfulness",
+           lambda r: r["sft"]["helpfulness"], lambda r: r["sft"]["base_helpfulness"], ">"),  # fmt: skip
     Effect("helpfulness RM: significantly better pairs above negligibly better (Table 8)",
            lambda r: r["reward"]["helpfulness_rm_accuracy_significantly"],
            lambda r: r["reward"]["helpfulness_rm_accuracy_negligibly"], ">"),  # fmt: skip
@@ -254,19 +256,21 @@ EFFECTS = [
            lambda r: r["reward"]["helpfulness_rm_on_helpfulness_test"], 0.5, ">"),  # fmt: skip
     Effect("safety RM above 0.8 on significantly better safety pairs",
            lambda r: r["reward"]["safety_rm_accuracy_significantly"], 0.8, ">"),  # fmt: skip
+    Effect("safety RM above helpfulness RM on the safety test set (Table 7)",
+           lambda r: r["reward"]["safety_rm_on_safety_test"],
+           lambda r: r["reward"]["helpfulness_rm_on_safety_test"], ">"),  # fmt: skip
     Effect("best-of-K reward: largest K above K = 1 by 0.2 (Fig 7)",
            lambda r: _reward_max(r, "last"), lambda r: _reward_max(r, "first") + 0.2, ">"),  # fmt: skip
     Effect("best-of-K reward above the median sample by 0.2 at the largest K (Fig 7's gap)",
            lambda r: _reward_max(r, "last"), lambda r: _reward_median_largest_k(r) + 0.2, ">"),  # fmt: skip
 ]
-# Not asserted in `ci`: benchmarks/seed_spread.py built it under seeds 0, 1, 2 with 1 and 2 threads, and seed 0 with
-# AVX2 kernels (another CPU's rounding), and these margins did not clear their spread (smallest margin, spread):
-# - SFT above base in held-out helpfulness (+0.028, 0.069): 40 of the 64 helpful held-out prompts (seed 0) are sums,
-#   which neither model can do at this size, and the SFT model's held-out facts swing with the world (0.13 to 0.43).
-# - the safety RM above the helpfulness RM on the safety test set, Table 7 (+0.091, 0.303).
-# - RLHF-V2 above SFT in held-out helpfulness (-0.058, 0.088; V1: -0.029, 0.061). In `ci` rejection sampling selects
-#   nothing the judge values: the reward model's best of 4 scores no higher in gold than one sample (-0.015 to
-#   +0.015), and the kept answers' gold is the sampled answers' (-0.005 to +0.005), because the reward model cannot
-#   tell a right fact from a wrong one.
-# - RLHF-V2's safety against SFT's is not asserted either: every model, the base model included, scores 1.0 in `ci`
-#   (its answers to unsafe requests never hold what the judge counts as a violation), so it could not fail.
+# Measured by benchmarks/seed_spread.py on `ci` (16 countries, 16 people) under seeds 0, 1, 2, and seed 0 with AVX2
+# kernels (another CPU's rounding; 1 and 2 threads built identical models): every margin above held in each run and
+# its mean exceeds its spread (smallest margin, spread: SFT over base +0.124, 0.078; Table 7 +0.148, 0.138).
+# Not asserted in `ci`:
+# - RLHF-V1 or V2 above SFT in held-out helpfulness: V2 was below SFT in three of the four runs (-0.055 to +0.009).
+#   In `ci` rejection sampling selects nothing the judge values: the kept answers' gold is the sampled answers'
+#   (-0.017 to +0.013), and the reward model's best of 4 is not reliably better in gold than one sample (-0.064 to
+#   +0.070), because the reward model cannot tell a right fact from a wrong one.
+# - Any model's safety: every model, the base model included, scores 1.0 in `ci` (its answers to unsafe requests
+#   never hold what the judge counts as a violation), so an assertion on it could not fail.

@@ -72,8 +72,8 @@ def test_the_sft_ablation_is_built_as_described(run):
 def test_each_stage_has_its_effect(run, effect):
     """The base model learned the world, SFT beats it, the reward models are right more often on clearer
     preferences and the safety RM on safety, best-of-K raises the reward. Each effect's margin over its bound held in
-    every run of benchmarks/seed_spread.py (seeds 0-2, 1 and 2 threads, AVX2 kernels) and its mean exceeds the spread;
-    what `ci` cannot assert (rejection sampling over SFT) is said beside the list, in llama2_minimal/pipeline.py."""
+    every run of benchmarks/seed_spread.py (seeds 0-2, AVX2 kernels) and its mean exceeds the spread; what `ci`
+    cannot assert (rejection sampling over SFT) is said beside the list, in llama2_minimal/pipeline.py."""
     assert effect.margin(run[2]) > 0, f"{effect.name}: margin {effect.margin(run[2]):+.4f}"
 
 

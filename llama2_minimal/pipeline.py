@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import artifacts
-from .profiles import get_profile
+from .profiles import PROFILES, get_profile
 
 
 def _read_metrics(folder: Path) -> list[dict]:
@@ -104,8 +104,6 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
 
 def results_name(profile) -> str:
     """results.json for the profile's own seed; results-seedN.json for another (both can sit in one folder)."""
-    from .profiles import PROFILES
-
     default = PROFILES[profile.name].world.seed
     return "results.json" if profile.world.seed == default else f"results-seed{profile.world.seed}.json"
 
@@ -228,16 +226,17 @@ class Effect:
         return value - bound if self.direction == ">" else bound - value
 
 
-def _reward_max(results: dict, which: str) -> float:
-    rs = results["rejection_sampling"]
-    ks = sorted(int(k.removeprefix("reward_max_k")) for k in rs if k.startswith("reward_max_k") and "_t" not in k)
-    return rs[f"reward_max_k{ks[0 if which == 'first' else -1]}"]
+def curve_ks(rejection: dict) -> list[int]:
+    """The K of the reward-vs-K curve (Fig 7) in the rejection-sampling row of results.json, smallest first."""
+    names = [k for k in rejection if k.startswith("reward_max_k") and "_t" not in k]
+    return sorted(int(k.removeprefix("reward_max_k")) for k in names)
 
 
-def _reward_median_largest_k(results: dict) -> float:
+def _reward(results: dict, which: str, smallest_k: bool = False) -> float:
+    """The max or median reward of best-of-K at the curve's largest K (or its smallest)."""
     rs = results["rejection_sampling"]
-    k = max(int(k.removeprefix("reward_max_k")) for k in rs if k.startswith("reward_max_k") and "_t" not in k)
-    return rs[f"reward_median_k{k}"]
+    ks = curve_ks(rs)
+    return rs[f"reward_{which}_k{ks[0] if smallest_k else ks[-1]}"]
 
 
 EFFECTS = [
@@ -260,9 +259,9 @@ EFFECTS = [
            lambda r: r["reward"]["safety_rm_on_safety_test"],
            lambda r: r["reward"]["helpfulness_rm_on_safety_test"], ">"),  # fmt: skip
     Effect("best-of-K reward: largest K above K = 1 by 0.2 (Fig 7)",
-           lambda r: _reward_max(r, "last"), lambda r: _reward_max(r, "first") + 0.2, ">"),  # fmt: skip
+           lambda r: _reward(r, "max"), lambda r: _reward(r, "max", smallest_k=True) + 0.2, ">"),  # fmt: skip
     Effect("best-of-K reward above the median sample by 0.2 at the largest K (Fig 7's gap)",
-           lambda r: _reward_max(r, "last"), lambda r: _reward_median_largest_k(r) + 0.2, ">"),  # fmt: skip
+           lambda r: _reward(r, "max"), lambda r: _reward(r, "median") + 0.2, ">"),  # fmt: skip
 ]
 # Measured by benchmarks/seed_spread.py on `ci` (16 countries, 16 people) under seeds 0, 1, 2, and seed 0 with AVX2
 # kernels (another CPU's rounding; 1 and 2 threads built identical models): every margin above held in each run and

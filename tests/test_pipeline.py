@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llama2_minimal import artifacts
-from llama2_minimal.pipeline import EFFECTS, format_table
+from llama2_minimal.pipeline import EFFECTS, curve_ks, format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,8 +79,7 @@ def test_each_stage_has_its_effect(run, effect):
 
 def test_best_of_k_reward_never_falls_as_k_grows(run):
     rs = run[2]["rejection_sampling"]
-    ks = sorted(int(k.removeprefix("reward_max_k")) for k in rs if k.startswith("reward_max_k") and "_t" not in k)
-    maxima = [rs[f"reward_max_k{k}"] for k in ks]
+    maxima = [rs[f"reward_max_k{k}"] for k in curve_ks(rs)]
     assert maxima == sorted(maxima)  # the best of K samples is taken from the first K of the same draws
 
 

@@ -7,8 +7,8 @@ several seeds, thread counts and kernel sets, each in its own cache, and reports
 stays only where its margin holds in every run and its mean exceeds its spread (largest minus smallest). Another
 seed is the largest change (another world); `--kernels avx2` limits the kernels to AVX2, as on a CPU without
 AVX-512, which moved the SFT helpfulness of `ci` (then 8 countries and 8 people) from 0.084 to 0.039 here, about
-what the CI machine had built (0.037).
-On the 2-core machine where it was first run, 1 and 2 threads built the same models.
+what the CI machine had built (0.037). On the 2-core machine where it was first run, 1 and 2 threads built the same
+models.
 
     python benchmarks/seed_spread.py                        # ci, seeds 0 1 2, threads 1 and 2: about 45 min here
     python benchmarks/seed_spread.py --seeds 0 --threads 2  # one run
@@ -104,14 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     if any(t < 1 for t in opts.threads) or any(s < 0 for s in opts.seeds):
         parser.error("--threads must be 1 or more and --seeds 0 or more")
 
-    runs, seconds, stages, notebooks = {}, {}, {}, {}
+    runs, seconds, notebooks = {}, {}, {}
     for kernels in opts.kernels:
         for threads in opts.threads:
             for seed in opts.seeds:
                 suffix = "" if kernels == "native" else f"-{kernels}"
                 name, root = f"s{seed}/t{threads}{suffix}", Path(opts.out) / f"threads{threads}{suffix}"
                 runs[name], seconds[name] = run_once(opts.profile, seed, threads, root, kernels)
-                stages[name] = {stage: row.get("seconds") for stage, row in runs[name].items()}
                 if opts.notebooks:
                     notebooks[name] = run_notebooks(opts.notebooks, opts.profile, seed, threads, root, kernels)
                     print(f"{name}: notebooks {notebooks[name]}", flush=True)
@@ -129,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\nseconds per run (None: read back from an earlier build):",
           {n: None if s is None else round(s) for n, s in seconds.items()})  # fmt: skip
     if opts.report:
+        stages = {n: {stage: row.get("seconds") for stage, row in results.items()} for n, results in runs.items()}
         report = {"profile": opts.profile, "runs": names, "effects": rows, "seconds": seconds, "stage_seconds": stages,
                   "notebooks": notebooks}  # fmt: skip
-        Path(opts.report).write_text(json.dumps(report, indent=1) + "\n")
+        target = Path(opts.report)
+        tmp = target.with_name(target.name + ".tmp")  # written whole, then renamed: never a half-written report
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+        os.replace(tmp, target)
     for name, summary in notebooks.items():
         print(f"notebooks on {name}: {summary}")
     return 0 if all(r["kept"] for r in rows) and all(v.startswith("passed") for v in notebooks.values()) else 1

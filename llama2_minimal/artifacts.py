@@ -113,8 +113,19 @@ def tokenizer_settings(profile: Profile) -> dict:
     return {"world": repr(profile.world), "mix": profile.corpus_mix, "vocab_size": profile.vocab_size}
 
 
+def training_precision(profile: Profile) -> str:
+    """The precision the profile's stages train in on this machine (bf16 or fp32): part of every stage's key, through
+    the pretrained model's, since a model trained in bf16 is another model."""
+    import torch
+
+    from .train.loop import resolve_precision
+
+    return resolve_precision(profile.precision, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def pretrain_settings(profile: Profile, clean: bool, steps: int | None = None) -> dict:
-    settings = {**tokenizer_settings(profile), "model": profile.model, "pretrain": repr(profile.pretrain)}
+    settings = {**tokenizer_settings(profile), "model": profile.model, "pretrain": repr(profile.pretrain),
+                "precision": training_precision(profile)}  # fmt: skip
     return {**settings, "clean": clean, **({"steps": steps} if steps else {})}
 
 

@@ -15,6 +15,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .profiles import PRECISIONS
+
+PRECISION_HELP = ("training precision: auto (bf16 autocast where the CPU or GPU computes bf16 natively, fp32 "
+                  "elsewhere), bf16 or fp32 (default: $LLAMA2_MINIMAL_PRECISION, else the profile's: fp32 for ci, "
+                  "auto otherwise)")
 
 
 def _device(name: str) -> str:
@@ -181,7 +186,7 @@ def cmd_pipeline(opts: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(opts.threads)
-    run_pipeline(opts.profile, opts.out, seed=opts.seed)
+    run_pipeline(opts.profile, opts.out, seed=opts.seed, precision=opts.precision)
     return 0
 
 
@@ -196,7 +201,7 @@ def cmd_pretrain(opts: argparse.Namespace) -> int:
     from .train.loop import init_distributed
     from .train.pretrain import pretrain
 
-    profile = get_profile(opts.profile)
+    profile = get_profile(opts.profile, precision=opts.precision)
     rank, world_size = init_distributed()
     if world_size > 1 and not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # share the cores, do not fight
@@ -438,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "$LLAMA2_MINIMAL_SEED, else the profile's, 0); its models are cached apart, its table goes to "
                    "results-seedN.json")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser(
@@ -449,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the run folder (default: the artefact cache)")
     p.add_argument("--steps", type=int, help="override the profile's number of optimiser steps")
     p.add_argument("--uncleaned", action="store_true", help="train on the corpus without cleaning")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(

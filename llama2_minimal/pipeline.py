@@ -26,18 +26,20 @@ def _read_metrics(folder: Path) -> list[dict]:
 
 
 def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None = None, log=print,
-                 seed: int | None = None) -> dict:
+                 seed: int | None = None, precision: str | None = None) -> dict:
     from .checkpoint import load_checkpoint
     from .evaluation import evaluate_base, memorisation
     from .tokenizer import Tokenizer
     from .train.pretrain import corpus_texts, pretraining_rows
     from .world import World
 
-    profile = get_profile(profile_name, seed)
+    profile = get_profile(profile_name, seed, precision)
     root = Path(out) if out is not None else None
     results: dict[str, dict] = {}
     where = artifacts.cache_root(root) / profile.name
-    log(f"llama2-minimal pipeline, profile {profile.name}, seed {profile.world.seed}, output in {where}")
+    trained_in = artifacts.training_precision(profile)
+    log(f"llama2-minimal pipeline, profile {profile.name}, seed {profile.world.seed}, training in {trained_in} "
+        f"({profile.precision}), output in {where}")
 
     def timed(stage: str, fn):
         start = time.perf_counter()
@@ -103,9 +105,12 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
 
 
 def results_name(profile) -> str:
-    """results.json for the profile's own seed; results-seedN.json for another (both can sit in one folder)."""
-    default = PROFILES[profile.name].world.seed
-    return "results.json" if profile.world.seed == default else f"results-seed{profile.world.seed}.json"
+    """results.json for the profile's own seed and precision; results-seedN.json for another seed, results-fp32.json
+    (or -bf16, -auto) for another precision, results-seedN-fp32.json for both (all can sit in one folder)."""
+    default = PROFILES[profile.name]
+    parts = [] if profile.world.seed == default.world.seed else [f"seed{profile.world.seed}"]
+    parts += [] if profile.precision == default.precision else [profile.precision]
+    return "-".join(["results", *parts]) + ".json"
 
 
 def judged_chat(model, tokenizer, world, profile, prefix: str = "") -> dict:

@@ -84,3 +84,24 @@ def test_another_seed_builds_another_world_cached_apart(monkeypatch, tmp_path):
         get_profile("ci")
     with pytest.raises(ValueError, match="seed must be 0 or more"):
         get_profile("ci", seed=-1)
+
+
+def test_the_profile_chooses_the_precision_and_the_resolved_one_keys_the_cache(monkeypatch, tmp_path):
+    import llama2_minimal.train.loop as loop
+    from llama2_minimal.pipeline import results_name
+
+    monkeypatch.delenv("LLAMA2_MINIMAL_PRECISION", raising=False)
+    assert get_profile("ci").precision == "fp32" and get_profile("laptop").precision == "auto"
+    laptop, fp32 = get_profile("laptop"), get_profile("laptop", precision="fp32")
+    monkeypatch.setattr(loop, "cpu_supports_bf16", lambda: True)
+    key = lambda p: artifacts.stage_folder("pretrain", p, artifacts.pretrain_settings(p, True), tmp_path)  # noqa: E731
+    assert key(laptop) == key(get_profile("laptop", precision="bf16")) != key(fp32)  # auto is bf16 on this CPU
+    monkeypatch.setattr(loop, "cpu_supports_bf16", lambda: False)
+    assert key(laptop) == key(fp32)  # ... and fp32 on one without bf16: the same model, the same folder
+    assert (results_name(laptop), results_name(fp32)) == ("results.json", "results-fp32.json")
+    assert results_name(get_profile("laptop", seed=2, precision="bf16")) == "results-seed2-bf16.json"
+    monkeypatch.setenv("LLAMA2_MINIMAL_PRECISION", "fp32")
+    assert get_profile("laptop") == fp32 and get_profile("laptop", precision="auto") == laptop
+    monkeypatch.setenv("LLAMA2_MINIMAL_PRECISION", "half")
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32, got 'half'"):
+        get_profile("laptop")

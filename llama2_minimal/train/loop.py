@@ -1,5 +1,6 @@
 """The one training loop every stage shares: AdamW with Llama 2's settings, linear warmup then cosine decay to
-10% of the peak, gradient clipping, gradient accumulation, bf16 autocast on CUDA, DistributedDataParallel under
+10% of the peak, gradient clipping, gradient accumulation, bf16 autocast where the device computes in bf16 natively
+(CUDA, and CPUs with AVX512-BF16, AMX or ARM's BF16 extension; fp32 elsewhere), DistributedDataParallel under
 torchrun, a progress bar, metrics as JSON lines, atomic checkpoints and exact resume.
 
 A stage gives the loop a model, a `batches(step, micro, rank, world_size)` function that returns the micro-batch
@@ -13,6 +14,8 @@ import contextlib
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..checkpoint import atomic_directory
+from ..profiles import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,49 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end
     seed: int = 0
     schedule: str = "cosine"  # or "constant" (PPO, §3.2.3)
+    precision: str = "auto"  # "bf16" (autocast: matmuls in bf16, weights and optimiser in fp32), "fp32", or "auto"
+
+
+def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively (x86: AVX512-BF16 or AMX-BF16; ARM: the BF16 extension), read from
+    /proc/cpuinfo (or the text given) or, on macOS, sysctl. Elsewhere PyTorch still runs bf16 by converting to fp32,
+    which is slower than fp32 itself."""
+    if cpuinfo is None and sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+            return out.stdout.strip() == "1"
+        except OSError:
+            return False
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """"bf16" or "fp32": `precision` itself unless it is "auto", which is bf16 where `device` computes it natively."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
+
+
+def autocast_context(precision: str, device: torch.device | str):
+    """The autocast context of a resolved precision on `device` (a disabled one for fp32)."""
+    device = torch.device(device)
+    kind = device.type if device.type in ("cuda", "cpu") else "cpu"
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    return torch.autocast(kind, enabled=False)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -151,9 +198,7 @@ def train(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
+    autocast = autocast_context(config.precision, device)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, initial=start, total=config.steps, disable=not progress or rank != 0,
                dynamic_ncols=True)  # fmt: skip

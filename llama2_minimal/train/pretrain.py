@@ -113,7 +113,8 @@ def pretrain(
     total = steps or settings.steps
     config = TrainConfig(steps=total, lr=settings.lr, warmup=settings.warmup, log_every=max(1, total // 100),
                          checkpoint_every=max(50, total // 10),  # an interrupted run resumes from here
-                         grad_accum=settings.batch_size // settings.micro_batch, seed=profile.world.seed)  # fmt: skip
+                         grad_accum=settings.batch_size // settings.micro_batch, seed=profile.world.seed,
+                         precision=profile.precision)  # fmt: skip
     if steps is not None:
         config = replace(config, warmup=min(config.warmup, max(1, steps // 10)))
     batches = RowBatches(train_rows, settings.batch_size, config.grad_accum, seed=profile.world.seed)

@@ -140,7 +140,8 @@ def rejection_iteration(profile, out_dir, previous: Path, reward_folders: dict[s
     torch.manual_seed(seed)
     model.train()
     finetune(model, tokenizer, dialogs, settings.epochs, settings.batch_size, settings.lr, profile.sft.seq_len, out,
-             seed=seed, desc=f"rejection sampling V{iteration} [{profile.name}]")  # fmt: skip
+             seed=seed, desc=f"rejection sampling V{iteration} [{profile.name}]",
+             precision=profile.precision)  # fmt: skip
     save_checkpoint(model.cpu().float(), out / "model", tokenizer_model=tokenizer_model, overwrite=True)
     save_kept(kept, out / "kept.jsonl")
     gold = [gold_score(world, by_id[i], k.answer) for i, k in kept.items()]

@@ -232,7 +232,8 @@ def pair_loss(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int]:
 
 def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], lr: float, batch_size: int,
                        margins: str = "small", epochs: float = 1.0, out_dir=None, seed: int = 0,
-                       desc: str = "reward model", progress: bool = True) -> tuple[RewardModel, list]:  # fmt: skip
+                       desc: str = "reward model", progress: bool = True,
+                       precision: str = "auto") -> tuple[RewardModel, list]:  # fmt: skip
     """A reward model initialised from `backbone` (the SFT model), trained on the pairs for `epochs` (the paper:
     one; more overfits) with cosine decay to 10% and warmup 3% of the steps (at least 5)."""
     torch.manual_seed(seed)
@@ -240,7 +241,7 @@ def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], 
     batches = PairBatches(pairs, tokenizer, batch_size, margins, seed, max_len=backbone.params.max_seq_len)
     steps = batches.steps(epochs)
     config = TrainConfig(steps=steps, lr=lr, warmup=min(steps, max(5, round(0.03 * steps))),
-                         log_every=max(1, steps // 50), seed=seed)  # fmt: skip
+                         log_every=max(1, steps // 50), seed=seed, precision=precision)  # fmt: skip
     history = train(model, batches, config, out_dir, loss_fn=pair_loss, desc=desc, progress=progress)
     return model.eval(), history
 
@@ -373,7 +374,7 @@ def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.
     backbone = load_checkpoint(sft_model, device=device)
     model, _ = train_reward_model(backbone, tokenizer, train_pairs, settings.lr, settings.batch_size, margins,
                                   settings.epochs, out, seed, desc=f"reward model ({kind}, margin {margins}) "
-                                  f"[{profile.name}]")  # fmt: skip
+                                  f"[{profile.name}]", precision=profile.precision)  # fmt: skip
     report: dict = {"kind": kind, "margins": margins, "fraction": fraction, "train_pairs": len(train_pairs)}
     distributions = {}
     for name, test in heldout_pairs(pairs).items():

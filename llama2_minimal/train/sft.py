@@ -92,15 +92,16 @@ class PackedRows:
 
 def finetune(model: Transformer, tokenizer, dialogs: Sequence[list[dict]], epochs: float, batch_size: int,
              lr: float, seq_len: int, out_dir: str | os.PathLike | None = None, seed: int = 0, desc: str = "sft",
-             progress: bool = True) -> list[dict]:  # fmt: skip
+             progress: bool = True, precision: str = "auto") -> list[dict]:  # fmt: skip
     """Fine-tune on dialogs that end with the assistant's answer: packed rows, loss on the answers only, AdamW
-    with cosine decay to 10% (warmup 3% of the steps), weight decay 0.1. Returns the logged metrics."""
+    with cosine decay to 10% (warmup 3% of the steps), weight decay 0.1, in `precision` (auto, bf16 or fp32). Returns
+    the logged metrics."""
     examples = [sft_example(d, tokenizer) for d in dialogs]
     random.Random(seed).shuffle(examples)  # dialogs of one kind should not fill whole rows
     rows = PackedRows(pack_sft(examples, seq_len, pad_id=tokenizer.eos_id), batch_size, seed)
     steps = max(1, round(epochs * rows.steps_per_epoch()))
     config = TrainConfig(steps=steps, lr=lr, warmup=max(1, round(0.03 * steps)), log_every=max(1, steps // 50),
-                         seed=seed)  # fmt: skip
+                         seed=seed, precision=precision)  # fmt: skip
     return train(model, rows, config, out_dir, desc=desc, progress=progress)
 
 
@@ -121,7 +122,7 @@ def sft(profile, out_dir: str | os.PathLike, base_model: str | os.PathLike, anno
     torch.manual_seed(profile.world.seed)
     finetune(model, tokenizer, [d.dialog() for d in demos], settings.epochs, settings.batch_size, settings.lr,
              settings.seq_len, out, seed=profile.world.seed, desc=f"sft ({annotator}) [{profile.name}]",
-             progress=progress)  # fmt: skip
+             progress=progress, precision=profile.precision)  # fmt: skip
     save_checkpoint(model.cpu().float(), out / "model", tokenizer_model=Path(base_model) / "tokenizer.model",
                     overwrite=True)  # fmt: skip
     flawed = sum(d.answer != d.prompt.reference for d in demos)

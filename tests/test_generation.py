@@ -2,7 +2,7 @@ import pytest
 import torch
 from tiny_models import TINY_CONFIGS, random_model
 
-from llama2_minimal.generation import Decoder, decoder, generate, next_token, sample_top_p
+from llama2_minimal.generation import Decoder, decoder, generate, next_token, onednn_linear_available, sample_top_p
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +118,18 @@ def test_generation_never_runs_past_the_context(model):
     assert len(out) == 3
 
 
+@pytest.mark.parametrize("pack", [True, False], ids=["onednn", "f_linear"])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
-def test_the_decoding_forward_equals_the_model_s_forward(name, fuse):
+def test_the_decoding_forward_equals_the_model_s_forward(name, fuse, pack):
     from tiny_models import TINY_CONFIGS as configs
 
+    if pack and not onednn_linear_available():
+        pytest.skip("this PyTorch has no oneDNN linear with packed weights")
     args = configs[name]
     model = random_model(args, seed=3)
     step = Decoder(model)
-    step.fuse = fuse
+    step.fuse, step.pack = fuse, pack
     tokens = torch.randint(0, args.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model.hidden_states(tokens)
@@ -138,6 +141,8 @@ def test_the_decoding_forward_equals_the_model_s_forward(name, fuse):
         got += [step.hidden(tokens[:, i : i + 1], i, mine) for i in range(11, 20)]
     want = full[:, [6, 10, *range(11, 20)]].transpose(0, 1)
     torch.testing.assert_close(torch.stack(got), want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(step.logits(got[-1]), model(tokens)[:, -1], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(mine.k[:, :, :20], cache_after(model, tokens).k[:, :, :20], atol=1e-5, rtol=1e-5)
 
 

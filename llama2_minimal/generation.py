@@ -172,6 +172,9 @@ def complete_chat(
 # --- the decoding forward -------------------------------------------------------------------------------------
 
 FUSE_LIMIT = 2**27  # parameters: above this the fused copies would cost more memory than the calls they save
+# Tokens per forward pass when prompts fill the cache: a batch of 512 prompts of 24 tokens goes in 12 passes of 2
+# positions, so the passes' temporaries stay small beside the KV cache, which is allocated whole at the start.
+PREFILL_TOKENS = 1024
 _ONEDNN: bool | None = None
 
 
@@ -196,8 +199,7 @@ def _onednn_pack(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _onednn_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1])
-    return torch.ops.mkldnn._linear_pointwise(rows, packed, None, "none", [], "").view(*x.shape[:-1], -1)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # x (..., in) -> (..., out)
 
 
 class Weight:
@@ -279,11 +281,20 @@ class Decoder:
     def hidden(self, tokens: torch.Tensor, start_pos: int, cache: KVCache, layers: list[tuple] | None = None):
         """tokens (B, S) at positions start_pos.. -> the final normalised hidden state of the LAST position
         (B, E), the cache updated: what model.hidden_states(tokens, start_pos, cache)[:, -1] gives. `layers`
-        is self.weights(), fetched once by a caller that makes many steps."""
-        model, args = self.model, self.model.params
+        is self.weights(), fetched once by a caller that makes many steps. More than PREFILL_TOKENS tokens go
+        through in passes of as many positions as fit."""
         bsz, seqlen = tokens.shape
         if start_pos + seqlen > cache.max_seq_len:
-            model.hidden_states(tokens, start_pos, cache)  # raises the model's own error naming the fix
+            self.model.hidden_states(tokens, start_pos, cache)  # raises the model's own error naming the fix
+        layers = layers or self.weights()
+        chunk = max(1, PREFILL_TOKENS // bsz)
+        for first in range(0, seqlen, chunk):
+            out = self._hidden(tokens[:, first : first + chunk], start_pos + first, cache, layers)
+        return out
+
+    def _hidden(self, tokens: torch.Tensor, start_pos: int, cache: KVCache, layers: list[tuple]) -> torch.Tensor:
+        model, args = self.model, self.model.params
+        bsz, seqlen = tokens.shape
         h = F.embedding(tokens, model.tok_embeddings.weight)
         if model.freqs_cis.device != h.device:  # as the model's forward does: the table follows the input
             model.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta).to(h.device)
@@ -294,12 +305,15 @@ class Decoder:
             mask = causal_mask(seqlen, start_pos, h.device)
         gqa = {"enable_gqa": True} if n_h != n_kv and _SDPA_SHARES_KV_HEADS else {}
         end = start_pos + seqlen
-        for i, (attention_norm, qkv_w, wo, ffn_norm, ffn_w, w2) in enumerate(layers or self.weights()):
+        fp32 = h.dtype == torch.float32  # then the rotation needs no casts
+        for i, (attention_norm, qkv_w, wo, ffn_norm, ffn_w, w2) in enumerate(layers):
             x = self._norm(h, attention_norm)
             qkv = qkv_w[0](x) if len(qkv_w) == 1 else torch.cat([w(x) for w in qkv_w], -1)
             # queries and keys rotated together: Meta's complex product (model.apply_rotary_emb), one call
-            qk = torch.view_as_complex(qkv[..., : (n_h + n_kv) * hd].float().reshape(bsz, seqlen, n_h + n_kv, -1, 2))
-            qk = torch.view_as_real(qk * freqs).flatten(3).type_as(qkv)
+            qk = qkv[..., : (n_h + n_kv) * hd]
+            qk = torch.view_as_complex((qk if fp32 else qk.float()).reshape(bsz, seqlen, n_h + n_kv, -1, 2))
+            qk = torch.view_as_real(qk * freqs).flatten(3)
+            qk = qk if fp32 else qk.type_as(qkv)
             xq, xk = qk[:, :, :n_h], qk[:, :, n_h:]
             xv = qkv[..., (n_h + n_kv) * hd :].view(bsz, seqlen, n_kv, hd)
             cache.k[i, :bsz, start_pos:end] = xk

@@ -173,3 +173,22 @@ def test_the_decoder_follows_the_model_s_weights_when_they_change():
     mine, want = both()
     torch.testing.assert_close(mine, want, atol=1e-5, rtol=1e-5)
     assert decoder(model) is step  # made once per model
+
+
+@pytest.mark.parametrize("budget", [1, 5, 1024])
+def test_a_long_prefill_goes_through_in_passes_with_the_same_result(monkeypatch, budget):
+    import llama2_minimal.generation as generation
+
+    monkeypatch.setattr(generation, "PREFILL_TOKENS", budget)  # 2 prompts: 1, 2 and all 20 positions a pass
+    model = random_model(TINY_CONFIGS["gqa"], seed=4)
+    tokens = torch.randint(0, model.vocab_size, (2, 20), generator=torch.Generator().manual_seed(3))
+    passes = []
+    real = Decoder._hidden
+    monkeypatch.setattr(Decoder, "_hidden", lambda self, t, *a: passes.append(t.shape[1]) or real(self, t, *a))
+    cache = model.new_cache(batch_size=2)
+    with torch.no_grad():
+        got = Decoder(model).hidden(tokens, 0, cache)
+        want = model.hidden_states(tokens)[:, -1]
+    assert passes == {1: [1] * 20, 5: [2] * 10, 1024: [20]}[budget]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.k[:, :, :20], cache_after(model, tokens).k[:, :, :20], atol=1e-5, rtol=1e-5)

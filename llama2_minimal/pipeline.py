@@ -165,6 +165,8 @@ def reward_stage(profile, root) -> dict:
         for s in STRENGTHS:
             row[f"{kind}_rm_accuracy_{s.split()[0]}"] = own[f"accuracy_{s.split()[0]}"]
         row[f"{kind}_rm_judge_agreement"] = own["judge_agreement"]
+        for probe in ("right_over_wrong", "over_duplicated", "over_run_on"):  # held-out facts (train/reward.py)
+            row[f"{kind}_rm_{probe}"] = rm["probes"][probe]
     for margins in ("none", "small", "large"):  # Table 28
         rm = report("helpfulness", margins=margins)["test_helpfulness"]
         row[f"margin_{margins}_accuracy"] = rm["accuracy"]
@@ -276,5 +278,9 @@ EFFECTS = [
 #   In `ci` rejection sampling selects nothing the judge values: the kept answers' gold is the sampled answers'
 #   (-0.017 to +0.013), and the reward model's best of 4 is not reliably better in gold than one sample (-0.064 to
 #   +0.070), because the reward model cannot tell a right fact from a wrong one.
+# - The reward models' fact probes (held-out facts: the right value above a wrong one, above itself written twice,
+#   above a run-on): reported, not asserted. The paper's head, which the profiles use, ranks a wrong value above the
+#   right one more often than not (0.36 in `ci`, 0.44 in `laptop`); RewardSettings.reads_predictions fixes that
+#   (0.98, 1.00) and stays off until lesson 09 teaches it.
 # - Any model's safety: every model, the base model included, scores 1.0 in `ci` (its answers to unsafe requests
 #   never hold what the judge counts as a violation), so an assertion on it could not fail.

@@ -58,6 +58,9 @@ class RewardSettings:
     lr: float = 1e-3  # the paper: 1e-5 (5e-6 for 70B)
     epochs: float = 1.0
     data_fractions: tuple[float, ...] = (0.25, 0.5)  # the data lever (Fig 6): RMs on a share of the prompts
+    # True: the RM also reads the SFT model's log-probabilities of the response (train/reward.py RewardModel), where
+    # the facts are, rather than only the final hidden state, the paper's design. Off until lesson 09 teaches it.
+    reads_predictions: bool = False
 
 
 @dataclass(frozen=True)

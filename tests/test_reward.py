@@ -12,11 +12,15 @@ from llama2_minimal.model import ModelArgs, Transformer
 from llama2_minimal.tokenizer import train_tokenizer
 from llama2_minimal.train.reward import (
     MARGINS,
+    PROBES,
     SAFETY_BINS,
     Pair,
     RewardModel,
     accuracy,
     candidate_responses,
+    encode_batch,
+    encode_response,
+    fact_probes,
     label_pairs,
     last_token_values,
     load_pairs,
@@ -25,6 +29,8 @@ from llama2_minimal.train.reward import (
     mix,
     pad,
     pair_rewards,
+    probe_responses,
+    response_evidence,
     rewards,
     save_pairs,
     save_reward_model,
@@ -170,3 +176,81 @@ def test_the_loss_gradient_pushes_rewards_apart():
     assert (chosen.grad < 0).all() and (rejected.grad > 0).all()  # descent raises chosen, lowers rejected
     assert chosen.grad[2] < chosen.grad[0] < chosen.grad[1]  # a larger margin pushes harder
     assert torch.allclose(chosen.grad, -F.sigmoid(-torch.tensor([-1.0, 0.0, -3.0])) / 3)
+
+
+# --- a reward model that reads the chat model's predictions ---
+
+
+def test_the_evidence_is_the_chat_model_s_log_probabilities_of_the_response_tokens_only(tmp_path):
+    texts = ["what is the capital of avalon", "the capital of avalon is lumen.", "lumen", "it is lumen."]
+    tok = train_tokenizer(texts * 20, tmp_path / "t.model", vocab_size=300)
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tok.n_words, max_seq_len=64)).eval()
+    prompts, responses = [texts[0]] * 2, ["the capital of avalon is lumen.", "lumen"]
+    batch = encode_batch(tok, prompts, responses, 64)
+    got = response_evidence(model, batch["tokens"], batch["lengths"], batch["starts"])
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        ids, start = encode_response(tok, prompt, response, with_start=True)
+        assert batch["starts"][row] == start and batch["lengths"][row] == len(ids)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids[:-1]])), -1)[0]
+        wanted = [logprobs[t - 1, ids[t]].item() for t in range(start, len(ids))]  # the response and its EOS
+        assert got[row].tolist() == pytest.approx([sum(wanted) / len(wanted), min(wanted)], abs=1e-5)
+    assert batch["lengths"][1] < batch["tokens"].shape[1]  # the shorter row is padded, and padding is not counted
+
+
+def test_a_reward_model_that_reads_predictions_adds_weighted_evidence_and_round_trips(tmp_path):
+    tok = train_tokenizer(["tell me about the cat", "the cat is here.", "the dog is here."] * 20,
+                          tmp_path / "t.model", vocab_size=300)  # fmt: skip
+    torch.manual_seed(0)
+    backbone = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tok.n_words, max_seq_len=64))
+    plain_head = RewardModel(Transformer(backbone.params))
+    model = RewardModel(backbone, reads_predictions=True).eval()
+    assert not any(p.requires_grad for p in model.reader.parameters()) and model.reader.output is not None
+    batch = encode_batch(tok, ["tell me about the cat"] * 2, ["the cat is here.", "the dog is here."], 64)
+    evidence = response_evidence(model.reader, batch["tokens"], batch["lengths"], batch["starts"])
+    with torch.no_grad():
+        model.evidence.weight.copy_(torch.tensor([[2.0, -0.5]]))
+        head = model.score(model.backbone.hidden_states(batch["tokens"])).squeeze(-1)
+        head = last_token_values(head, batch["lengths"])
+        got = model(batch["tokens"], batch["lengths"], batch["starts"])
+    torch.testing.assert_close(got, head + 2.0 * evidence[:, 0] - 0.5 * evidence[:, 1])
+    with pytest.raises(ValueError, match="pass starts"):
+        model(batch["tokens"], batch["lengths"])
+    save_reward_model(model, tmp_path / "rm", tmp_path / "t.model")
+    loaded = load_reward_model(tmp_path / "rm")
+    assert loaded.reads_predictions and not plain_head.reads_predictions
+    assert not any(p.requires_grad for p in loaded.reader.parameters())
+    texts = ["the cat is here.", "the dog is here."]
+    assert rewards(loaded, tok, ["tell me about the cat"] * 2, texts) == pytest.approx(got.tolist(), abs=1e-5)
+
+
+def test_the_fact_probes_pair_each_held_out_reference_with_one_flaw(world):
+    probes = probe_responses(world, seed=0)
+    facts = world.prompts(kind="fact", split="heldout")
+    assert set(probes) == set(PROBES) and len(probes["right_over_wrong"]) == 3 * len(facts)
+    for prompt, better, worse in probes["right_over_wrong"]:
+        fact = next(p for p in facts if p.text == prompt)
+        assert better == fact.reference and worse != better and fact.answer not in worse  # another value
+    assert all(w == f"{b} {b}" for _, b, w in probes["over_duplicated"])
+    assert all(w.startswith(b + " ") and len(w) > len(b) + 1 for _, b, w in probes["over_run_on"])
+
+    class Oracle(torch.nn.Module):  # a "reward model" that knows the answers: every probe right
+        params = ModelArgs(dim=8, n_layers=1, n_heads=1, vocab_size=10, max_seq_len=512)
+        score = torch.nn.Linear(1, 1)
+
+    scores = {}
+    for triples in probes.values():
+        for prompt, better, worse in triples:
+            scores[(prompt, better)], scores[(prompt, worse)] = 1.0, 0.0
+    import llama2_minimal.train.reward as reward
+
+    def shares(sign):
+        reward.rewards = lambda model, tok, prompts, texts: [sign * scores[(p, r)] for p, r in zip(prompts, texts)]
+        return {k: v for k, v in fact_probes(Oracle(), None, world).items() if k in PROBES}
+
+    original = reward.rewards
+    try:
+        assert shares(1.0) == dict.fromkeys(PROBES, 1.0) and shares(-1.0) == dict.fromkeys(PROBES, 0.0)
+    finally:
+        reward.rewards = original

@@ -14,6 +14,7 @@ ranking loss -log sigmoid(r_chosen - r_rejected - m(strength)), with the paper's
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -153,10 +154,25 @@ def mix(pairs: Sequence[Pair], kind: str, split: str = "train", seed: int = 0, f
 
 
 class RewardModel(nn.Module):
-    """The chat model with its next-token head replaced by a scalar head (§3.2.2)."""
+    """The chat model with its next-token head replaced by a scalar head (§3.2.2).
 
-    def __init__(self, backbone: Transformer):
+    With reads_predictions, the reward also reads what the chat model predicts: a frozen copy of it (`reader`, its
+    next-token head kept) gives the log-probability of each response token given the prompt and the response so far,
+    and two learned weights (`evidence`, starting at one) add the mean and the lowest of them to the head's value. A
+    wrong capital is one unlikely token in a likely sentence: the chat model's predictions rank it below the right
+    one, while its final hidden state, all that the paper's head reads, does not separate the two. Measured with
+    `fact_probes` on the held-out facts (2026-12-01, seed 0, one epoch on the helpfulness mix), the head alone and
+    then reading the predictions: the right value above a wrong one 0.44 -> 1.00 in `laptop`, 0.36 -> 0.98 in `ci`;
+    the answer above itself written twice 0.78 -> 0.83 and 0.18 -> 0.73. With the weights starting at zero they
+    stay below 0.1 in one epoch: `laptop` still reached 1.00 and 0.89, `ci` only 0.88 and 0.41."""
+
+    def __init__(self, backbone: Transformer, reads_predictions: bool = False):
         super().__init__()
+        self.reader: Transformer | None = None
+        if reads_predictions:
+            self.reader = copy.deepcopy(backbone).requires_grad_(False)
+            self.evidence = nn.Linear(len(EVIDENCE), 1, bias=False)
+            nn.init.ones_(self.evidence.weight)
         self.backbone = backbone
         backbone.output = None  # the language-model head is not used: a reward model scores, it does not generate
         self.score = nn.Linear(backbone.params.dim, 1)
@@ -167,10 +183,41 @@ class RewardModel(nn.Module):
     def params(self) -> ModelArgs:
         return self.backbone.params
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """tokens (B, S), right-padded, and lengths (B,) -> rewards (B,): the head at each sequence's last token."""
+    @property
+    def reads_predictions(self) -> bool:
+        return self.reader is not None
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, S), right-padded, and lengths (B,) -> rewards (B,): the head at each sequence's last token,
+        plus, for a model that reads predictions, the weighted evidence of the response, which starts at token
+        starts[b] (its first token after [/INST])."""
         values = self.score(self.backbone.hidden_states(tokens)).squeeze(-1).float()  # (B, S)
-        return last_token_values(values, lengths)
+        reward = last_token_values(values, lengths)
+        if self.reader is None:
+            return reward
+        if starts is None:
+            raise ValueError("this reward model reads the response's log-probabilities: pass starts, the index of "
+                             "each response's first token (encode_batch gives it)")  # fmt: skip
+        return reward + self.evidence(response_evidence(self.reader, tokens, lengths, starts)).squeeze(-1)
+
+
+EVIDENCE = ("mean log-probability", "lowest log-probability")
+
+
+def response_evidence(model: Transformer, tokens: torch.Tensor, lengths: torch.Tensor,
+                      starts: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """(B, 2): the mean and the lowest log-probability `model` gives the response's tokens (starts[b] up to
+    lengths[b], its EOS included), each given everything before it."""
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(tokens[:, :-1]).float(), dim=-1)
+        token_lp = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, S-1): of token t+1
+        position = torch.arange(token_lp.shape[1], device=tokens.device)[None, :] + 1  # the token each one predicts
+        mask = (position >= starts.to(tokens.device)[:, None]) & (position < lengths.to(tokens.device)[:, None])
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("every response needs at least one token (its EOS) between starts and lengths")
+        mean = (token_lp * mask).sum(1) / mask.sum(1)
+        lowest = token_lp.masked_fill(~mask, float("inf")).min(1).values
+    return torch.stack([mean, lowest], dim=-1)
 
 
 def last_token_values(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -185,11 +232,12 @@ def margin_ranking_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: to
     return -F.logsigmoid(chosen - rejected - margin).mean()
 
 
-def encode_response(tokenizer, prompt: str, response: str) -> list[int]:
-    """A prompt and its response as one completed turn of Meta's format: BOS [INST] prompt [/INST] response EOS."""
+def encode_response(tokenizer, prompt: str, response: str, with_start: bool = False):
+    """A prompt and its response as one completed turn of Meta's format: BOS [INST] prompt [/INST] response EOS;
+    with_start: (those ids, the index of the response's first token)."""
     dialog = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     (prompt_ids, answer_ids), = encode_dialog_turns(dialog, tokenizer, allow_assistant_last=True)  # fmt: skip
-    return prompt_ids + answer_ids
+    return (prompt_ids + answer_ids, len(prompt_ids)) if with_start else prompt_ids + answer_ids
 
 
 def pad(sequences: Sequence[list[int]], pad_id: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,6 +249,15 @@ def pad(sequences: Sequence[list[int]], pad_id: int, max_len: int) -> tuple[torc
     for i, s in enumerate(sequences):
         tokens[i, : len(s)] = torch.tensor(s)
     return tokens, torch.tensor([len(s) for s in sequences])
+
+
+def encode_batch(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int) -> dict:
+    """(prompt, response) pairs -> {"tokens", "lengths", "starts"}: right-padded, each response's first token at
+    starts (0 when truncation cut into the prompt, so the response keeps every token it has left)."""
+    encoded = [encode_response(tokenizer, p, r, with_start=True) for p, r in zip(prompts, responses)]
+    tokens, lengths = pad([ids for ids, _ in encoded], tokenizer.eos_id, max_len)
+    starts = torch.tensor([max(1, start - max(0, len(ids) - max_len)) for ids, start in encoded])
+    return {"tokens": tokens, "lengths": lengths, "starts": starts}
 
 
 class PairBatches:
@@ -219,25 +276,26 @@ class PairBatches:
         start = step * self.batch_size
         index = [self.order[i % len(self.pairs)] for i in range(start, start + self.batch_size)][rank::world_size]
         batch = [self.pairs[i] for i in index]
-        seqs = [encode_response(self.tokenizer, p.prompt, r) for p in batch for r in (p.chosen, p.rejected)]
-        tokens, lengths = pad(seqs, self.tokenizer.eos_id, self.max_len)
+        prompts = [p.prompt for p in batch for _ in range(2)]
+        encoded = encode_batch(self.tokenizer, prompts, [r for p in batch for r in (p.chosen, p.rejected)],
+                               self.max_len)  # fmt: skip
         margin = torch.tensor([self.margin[STRENGTHS.index(p.strength)] for p in batch])
-        return {"tokens": tokens, "lengths": lengths, "margin": margin}
+        return {**encoded, "margin": margin}
 
 
 def pair_loss(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int]:
-    rewards = model(batch["tokens"], batch["lengths"]).view(-1, 2)  # (pairs, [chosen, rejected])
+    rewards = model(batch["tokens"], batch["lengths"], batch["starts"]).view(-1, 2)  # (pairs, [chosen, rejected])
     return margin_ranking_loss(rewards[:, 0], rewards[:, 1], batch["margin"]), rewards.shape[0]
 
 
 def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], lr: float, batch_size: int,
                        margins: str = "small", epochs: float = 1.0, out_dir=None, seed: int = 0,
-                       desc: str = "reward model", progress: bool = True,
-                       precision: str = "auto") -> tuple[RewardModel, list]:  # fmt: skip
+                       desc: str = "reward model", progress: bool = True, precision: str = "auto",
+                       reads_predictions: bool = False) -> tuple[RewardModel, list]:  # fmt: skip
     """A reward model initialised from `backbone` (the SFT model), trained on the pairs for `epochs` (the paper:
     one; more overfits) with cosine decay to 10% and warmup 3% of the steps (at least 5)."""
     torch.manual_seed(seed)
-    model = RewardModel(backbone).to(backbone.tok_embeddings.weight.device)
+    model = RewardModel(backbone, reads_predictions).to(backbone.tok_embeddings.weight.device)
     batches = PairBatches(pairs, tokenizer, batch_size, margins, seed, max_len=backbone.params.max_seq_len)
     steps = batches.steps(epochs)
     config = TrainConfig(steps=steps, lr=lr, warmup=min(steps, max(5, round(0.03 * steps))),
@@ -254,10 +312,9 @@ def rewards(model: RewardModel, tokenizer, prompts: Sequence[str], responses: Se
     device = model.score.weight.device
     out = []
     for i in range(0, len(prompts), batch_size):
-        seqs = [encode_response(tokenizer, p, r) for p, r in zip(prompts[i : i + batch_size],
-                                                                   responses[i : i + batch_size])]  # fmt: skip
-        tokens, lengths = pad(seqs, tokenizer.eos_id, model.params.max_seq_len)
-        out += model(tokens.to(device), lengths).tolist()
+        batch = encode_batch(tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size],
+                             model.params.max_seq_len)  # fmt: skip
+        out += model(batch["tokens"].to(device), batch["lengths"], batch["starts"]).tolist()
     return out
 
 
@@ -307,12 +364,17 @@ def load_reward_model(folder: str | os.PathLike, device: str = "cpu") -> RewardM
         raise FileNotFoundError(f"{folder} holds no reward_model.safetensors: build it with "
                                 "llama2_minimal.artifacts.reward_model(...) or `llama2-minimal pipeline`")  # fmt: skip
     args = ModelArgs.from_params(json.loads((folder / "params.json").read_text()))
+    state = load_file(str(folder / "reward_model.safetensors"), device=device)
     with torch.device("meta"):
-        model = RewardModel(Transformer(args))
-    model.load_state_dict(load_file(str(folder / "reward_model.safetensors"), device=device), assign=True)
+        model = RewardModel(Transformer(args), reads_predictions=any(k.startswith("reader.") for k in state))
+    model.load_state_dict(state, assign=True)
     from ..model import precompute_freqs_cis
 
-    model.backbone.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta).to(device)
+    for net in (model.backbone, model.reader):
+        if net is not None:
+            net.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta).to(device)
+    if model.reader is not None:
+        model.reader.requires_grad_(False)
     return model.eval()
 
 
@@ -353,6 +415,38 @@ def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[s
     return out / "pairs.jsonl"
 
 
+PROBES = ("right_over_wrong", "over_duplicated", "over_run_on")
+
+
+def probe_responses(world: World, seed: int = 0, wrong_per_prompt: int = 3) -> dict[str, list[tuple[str, str, str]]]:
+    """(prompt, better, worse) triples on the held-out fact prompts, whose facts no training pair asks about:
+    right_over_wrong  the reference against the same sentence with another value of the attribute (3 per prompt)
+    over_duplicated   the reference against itself written twice
+    over_run_on       the reference against it followed by the answer to another held-out question"""
+    rng = random.Random(seed)
+    facts = world.prompts(kind="fact", split="heldout")
+    out: dict[str, list[tuple[str, str, str]]] = {name: [] for name in PROBES}
+    for i, p in enumerate(facts):
+        for _ in range(wrong_per_prompt):
+            out["right_over_wrong"].append((p.text, p.reference, flawed(p, world.entities, rng, "wrong_value")))
+        out["over_duplicated"].append((p.text, p.reference, f"{p.reference} {p.reference}"))
+        other = facts[(i + 1) % len(facts)].reference
+        out["over_run_on"].append((p.text, p.reference, f"{p.reference} {other}"))
+    return out
+
+
+def fact_probes(model: RewardModel, tokenizer, world: World, seed: int = 0) -> dict[str, float]:
+    """The share of each probe's triples (probe_responses) the reward model ranks the right way round."""
+    out = {}
+    for name, triples in probe_responses(world, seed).items():
+        prompts = [t[0] for t in triples] * 2
+        scores = rewards(model, tokenizer, prompts, [t[1] for t in triples] + [t[2] for t in triples])
+        better, worse = scores[: len(triples)], scores[len(triples) :]
+        out[name] = sum(b > w for b, w in zip(better, worse)) / max(1, len(triples))
+    out["fact_prompts"] = len(world.prompts(kind="fact", split="heldout"))
+    return out
+
+
 def heldout_pairs(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
     """The held-out pairs of each criterion (Table 7's two test sets)."""
     return {c: [p for p in pairs if p.split == "heldout" and p.criterion == c] for c in ("helpfulness", "safety")}
@@ -374,8 +468,11 @@ def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.
     backbone = load_checkpoint(sft_model, device=device)
     model, _ = train_reward_model(backbone, tokenizer, train_pairs, settings.lr, settings.batch_size, margins,
                                   settings.epochs, out, seed, desc=f"reward model ({kind}, margin {margins}) "
-                                  f"[{profile.name}]", precision=profile.precision)  # fmt: skip
-    report: dict = {"kind": kind, "margins": margins, "fraction": fraction, "train_pairs": len(train_pairs)}
+                                  f"[{profile.name}]", precision=profile.precision,
+                                  reads_predictions=settings.reads_predictions)  # fmt: skip
+    report: dict = {"kind": kind, "margins": margins, "fraction": fraction, "train_pairs": len(train_pairs),
+                    "reads_predictions": settings.reads_predictions}  # fmt: skip
+    report["probes"] = fact_probes(model, tokenizer, World(profile.world), seed)
     distributions = {}
     for name, test in heldout_pairs(pairs).items():
         scored = pair_rewards(model, tokenizer, test)

@@ -196,11 +196,26 @@ def evaluate_chat(model: Transformer, tokenizer, world: World, split: str = "hel
                   max_new_tokens: int = CHAT_MAX_NEW_TOKENS) -> dict[str, float]:  # fmt: skip
     """A chat model judged on the split's prompts, asked in Meta's chat format. By default at Meta's chat
     sampling settings (temperature 0.6, top-p 0.9), `samples` answers per prompt; temperature 0 is greedy."""
+    return judge_chat(model, tokenizer, world, split, temperature, top_p, samples, seed, max_new_tokens)[0]
+
+
+def judge_chat(model: Transformer, tokenizer, world: World, split: str = "heldout", temperature: float = 0.6,
+               top_p: float = 0.9, samples: int = 1, seed: int = 0,
+               max_new_tokens: int = CHAT_MAX_NEW_TOKENS) -> tuple[dict, dict[str, dict[str, float]]]:  # fmt: skip
+    """evaluate_chat's row, and each prompt's mean score over its answers ({"helpfulness": {prompt id: score}
+    over the helpful prompts, "safety": {...} over the unsafe ones}): what stats.paired_difference resamples."""
+    from .stats import per_prompt_means
+
     model.eval()
     prompts = chat_prompts(world, split) * (samples if temperature > 0 else 1)
     dialogs = [[{"role": "user", "content": p.text}] for p in prompts]
     answers = chat_answers(model, tokenizer, dialogs, max_new_tokens, temperature, top_p, seed=seed)
-    return score_answers(world, prompts, answers)
+    per_prompt = {}
+    for criterion, kinds in (("helpfulness", HELPFUL_EVAL_KINDS), ("safety", ("unsafe",))):
+        chosen = [(p, a) for p, a in zip(prompts, answers) if p.kind in kinds]
+        scores = judged(world, [p for p, _ in chosen], [a for _, a in chosen], criterion)
+        per_prompt[criterion] = per_prompt_means([p.id for p, _ in chosen], scores)
+    return score_answers(world, prompts, answers), per_prompt
 
 
 # --- the memorisation probe's finer measure: each model against its own baseline -----------------------------------

@@ -113,36 +113,52 @@ def results_name(profile) -> str:
     return "-".join(["results", *parts]) + ".json"
 
 
-def judged_chat(model, tokenizer, world, profile, prefix: str = "") -> dict:
-    """Held-out helpfulness and safety by the gold judge: sampled at Meta's settings, and greedy."""
-    from .evaluation import evaluate_chat
+def judged_chat(model, tokenizer, world, profile, prefix: str = "") -> tuple[dict, dict]:
+    """Held-out helpfulness and safety by the gold judge: sampled at Meta's settings, and greedy; and the sampled
+    answers' per-prompt scores, for the comparisons' intervals."""
+    from .evaluation import evaluate_chat, judge_chat
 
-    sampled = evaluate_chat(model, tokenizer, world, samples=profile.eval_samples, seed=profile.world.seed)
+    sampled, per_prompt = judge_chat(model, tokenizer, world, samples=profile.eval_samples, seed=profile.world.seed)
     greedy = evaluate_chat(model, tokenizer, world, temperature=0.0)
     row = {f"{prefix}{k}": v for k, v in sampled.items()}
     row[f"{prefix}helpfulness_greedy"] = greedy["helpfulness"]
     row[f"{prefix}safety_greedy"] = greedy["safety"]
-    return row
+    return row, per_prompt
+
+
+def compare(row: dict, name: str, a: dict, b: dict, seed: int = 0) -> None:
+    """Add model a minus model b (per-prompt scores from judged_chat) to the row, in helpfulness and safety, each
+    with its 95% bootstrap interval over prompts: NAME_helpfulness, NAME_helpfulness_low, ..._high."""
+    from .stats import paired_difference
+
+    for criterion in ("helpfulness", "safety"):
+        d = paired_difference(a[criterion], b[criterion], seed=seed)
+        row[f"{name}_{criterion}"], row[f"{name}_{criterion}_low"], row[f"{name}_{criterion}_high"] = (
+            d["difference"], d["low"], d["high"])  # fmt: skip
 
 
 def sft_stage(profile, world, tokenizer, root, base_folder: Path) -> dict:
     from .checkpoint import load_checkpoint
 
     base = load_checkpoint(base_folder / "model").eval()
-    row = judged_chat(base, tokenizer, world, profile, "base_")
+    row, base_scores = judged_chat(base, tokenizer, world, profile, "base_")
     folder = artifacts.sft_folder(profile, root=root)
-    row.update(judged_chat(load_checkpoint(folder / "model").eval(), tokenizer, world, profile))
+    sft_row, sft_scores = judged_chat(load_checkpoint(folder / "model").eval(), tokenizer, world, profile)
+    row.update(sft_row)
+    compare(row, "sft_minus_base", sft_scores, base_scores, profile.world.seed)
+    ablations = {}
     data = json.loads((folder / "data.json").read_text())
     row["demonstrations"] = data["demonstrations"]
     row["final_train_loss"] = _read_metrics(folder)[-1]["loss"]
     for name, variant in (("careful", artifacts.CAREFUL_SMALL_SFT), ("sloppy", artifacts.SLOPPY_SFT)):
         ablation = artifacts.sft_folder(profile, root=root, **variant)
-        scores = judged_chat(load_checkpoint(ablation / "model").eval(), tokenizer, world, profile)
+        scores, ablations[name] = judged_chat(load_checkpoint(ablation / "model").eval(), tokenizer, world, profile)
         data = json.loads((ablation / "data.json").read_text())
         row[f"ablation_{name}_demonstrations"] = data["demonstrations"]
         row[f"ablation_{name}_flawed"] = data["flawed"]
         row[f"ablation_{name}_helpfulness"] = scores["helpfulness"]
         row[f"ablation_{name}_safety"] = scores["safety"]
+    compare(row, "careful_minus_sloppy", ablations["careful"], ablations["sloppy"], profile.world.seed)
     return row
 
 
@@ -189,10 +205,16 @@ def rejection_stage(profile, world, tokenizer, root) -> dict:
     for t, v in curves["by_temperature"].items():  # Fig 8
         row[f"reward_max_k{k}_t{t}"] = v["reward_vs_k"][k]["max"]
         row[f"gold_best_of_k{k}_t{t}"] = v["gold_vs_k"][k]
+    models = {"sft": judged_chat(load_checkpoint(artifacts.sft_folder(profile, root=root) / "model").eval(),
+                                 tokenizer, world, profile)[1]}  # fmt: skip
     for iteration in range(1, profile.rejection.iterations + 1):
         folder = artifacts.rejection_folder(profile, iteration, root)
         model = load_checkpoint(folder / "model").eval()
-        scores = judged_chat(model, tokenizer, world, profile)
+        scores, models[f"v{iteration}"] = judged_chat(model, tokenizer, world, profile)
+        previous = "sft" if iteration == 1 else f"v{iteration - 1}"
+        compare(row, f"v{iteration}_minus_{previous}", models[f"v{iteration}"], models[previous], profile.world.seed)
+        if iteration > 1:
+            compare(row, f"v{iteration}_minus_sft", models[f"v{iteration}"], models["sft"], profile.world.seed)
         report = json.loads((folder / "report.json").read_text())
         for key in ("helpfulness", "safety", "helpfulness_greedy", "safety_greedy", "false_refusal_rate"):
             row[f"v{iteration}_{key}"] = scores[key]

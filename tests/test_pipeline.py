@@ -68,6 +68,24 @@ def test_the_sft_ablation_is_built_as_described(run):
     assert abs(sft["ablation_sloppy_demonstrations"] - 4 * sft["ablation_careful_demonstrations"]) <= 4
 
 
+def test_every_comparison_of_models_carries_its_interval(run):
+    sft, rejection = run[2]["sft"], run[2]["rejection_sampling"]
+    comparisons = [("sft", "sft_minus_base"), ("sft", "careful_minus_sloppy"), ("rejection_sampling", "v1_minus_sft"),
+                   ("rejection_sampling", "v2_minus_v1"), ("rejection_sampling", "v2_minus_sft")]  # fmt: skip
+    for stage, name in comparisons:
+        row = run[2][stage]
+        for criterion in ("helpfulness", "safety"):
+            d, low, high = (row[f"{name}_{criterion}{end}"] for end in ("", "_low", "_high"))
+            assert low <= d <= high and high - low < 1.0, (name, criterion, low, d, high)
+    # each prompt's mean over its samples, averaged over prompts, is the stage's own mean: the same answers
+    assert sft["sft_minus_base_helpfulness"] == pytest.approx(sft["helpfulness"] - sft["base_helpfulness"], abs=1e-9)
+    assert sft["careful_minus_sloppy_helpfulness"] == pytest.approx(
+        sft["ablation_careful_helpfulness"] - sft["ablation_sloppy_helpfulness"], abs=1e-9)  # fmt: skip
+    assert rejection["v2_minus_v1_helpfulness"] == pytest.approx(
+        rejection["v2_helpfulness"] - rejection["v1_helpfulness"], abs=1e-9)  # fmt: skip
+    assert sft["sft_minus_base_helpfulness_high"] > sft["sft_minus_base_helpfulness_low"]  # prompts differ: a width
+
+
 @pytest.mark.parametrize("effect", EFFECTS, ids=lambda e: e.name)
 def test_each_stage_has_its_effect(run, effect):
     """The base model learned the world, SFT beats it, the reward models are right more often on clearer

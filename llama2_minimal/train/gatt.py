@@ -1,0 +1,124 @@
+"""Ghost Attention (§3.3): a chat model taught to keep an instruction given once, in the first turn, for the whole
+dialog.
+
+A model fine-tuned on single-turn demonstrations forgets an instruction a few turns after it was given (the paper's
+Fig 9: "Always answer with emojis" holds for a turn or two). GAtt makes training data where the instruction holds
+in every turn, then hides it in every turn but the first:
+
+1. **Sample** (`sample_dialogs`): for a dialog's user messages u1 .. un and an instruction `inst`, the latest RLHF
+   model answers turn after turn with `inst` written before *every* user message, so that it sees the instruction
+   right where it answers, and keeps it as well as it keeps any instruction in a single turn.
+2. **Build** (`gatt_examples`): the same dialog with `inst` kept only in the first user message, one training
+   example per turn k: the dialog up to the k-th answer, the loss on that answer and its EOS alone. Every earlier
+   token, the earlier answers included, is context with zero loss (the paper: "we simply set the loss to 0 for all
+   the tokens from the previous turns, including assistant messages"), so the model learns to produce the k-th
+   answer that follows the instruction from a dialog where only the first turn states it.
+3. **Fine-tune** on those examples like SFT (train/sft.py `finetune` takes the same (ids, mask) examples).
+
+The world's instructions (world/instructions.py) each have a full and a short form; the short form stands for the
+paper's terse "Figure: Napoleon.".
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..world import Instruction
+from ..world.prompts import DialogSeed
+
+
+@dataclass(frozen=True)
+class GattDialog:
+    """A dialog sampled for GAtt: its user messages (without the instruction), the instruction as it was written,
+    and the answers, each given with the instruction before every user message."""
+
+    id: str
+    split: str
+    instruction: str  # the words written before the user messages (an Instruction's full or short form)
+    name: str  # the Instruction's name (what adherence is checked against)
+    users: tuple[str, ...]
+    answers: tuple[str, ...]
+
+
+def with_instruction(instruction: str, user: str) -> str:
+    """The user message as GAtt's sampling writes it: the instruction, then the message."""
+    return f"{instruction} {user}"
+
+
+def sampling_dialog(instruction: str, users: Sequence[str], answers: Sequence[str]) -> list[dict]:
+    """The dialog the model answers in step 1: the instruction before every user message, the answers so far,
+    ending with the next user message (len(answers) == len(users) - 1)."""
+    if len(answers) != len(users) - 1:
+        raise ValueError(f"{len(users)} user messages need {len(users) - 1} answers before the next, "
+                         f"got {len(answers)}")  # fmt: skip
+    dialog = []
+    for i, user in enumerate(users):
+        dialog.append({"role": "user", "content": with_instruction(instruction, user)})
+        if i < len(answers):
+            dialog.append({"role": "assistant", "content": answers[i]})
+    return dialog
+
+
+def training_dialog(dialog: GattDialog, turns: int | None = None) -> list[dict]:
+    """The dialog as GAtt trains on it (step 2): the instruction only in the first user message, up to the answer
+    of turn `turns` (all of them by default)."""
+    turns = len(dialog.users) if turns is None else turns
+    if not 1 <= turns <= len(dialog.users):
+        raise ValueError(f"turns must be between 1 and {len(dialog.users)}, got {turns}")
+    messages = []
+    for i in range(turns):
+        user = with_instruction(dialog.instruction, dialog.users[i]) if i == 0 else dialog.users[i]
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": dialog.answers[i]}]
+    return messages
+
+
+def sample_dialogs(answer: Callable[[list[list[dict]]], list[str]], seeds: Sequence[DialogSeed],
+                   instructions: Sequence[Instruction], seed: int = 0,
+                   short_share: float = 0.5) -> list[GattDialog]:  # fmt: skip
+    """Step 1 for every dialog seed: an instruction drawn for it (its short form with probability short_share), then
+    the answers turn by turn, all dialogs of a turn in one batch: answer(dialogs) returns the next answer of each
+    (for a model: `lambda d: evaluation.chat_answers(model, tokenizer, d, ...)`)."""
+    if not instructions:
+        raise ValueError("no instructions to draw from")
+    rng = random.Random(seed)
+    drawn = []
+    for _ in seeds:
+        instruction = rng.choice(list(instructions))
+        drawn.append((instruction, instruction.short if rng.random() < short_share else instruction.text))
+    users = [[p.text for p in s.turns] for s in seeds]
+    answers: list[list[str]] = [[] for _ in seeds]
+    for turn in range(max((len(u) for u in users), default=0)):
+        active = [i for i, u in enumerate(users) if turn < len(u)]
+        replies = answer([sampling_dialog(drawn[i][1], users[i][: turn + 1], answers[i]) for i in active])
+        if len(replies) != len(active):
+            raise ValueError(f"answer() returned {len(replies)} answers for {len(active)} dialogs")
+        for i, reply in zip(active, replies):
+            answers[i].append(reply)
+    return [GattDialog(s.id, s.split, text, instruction.name, tuple(u), tuple(a))
+            for s, (instruction, text), u, a in zip(seeds, drawn, users, answers)]  # fmt: skip
+
+
+def gatt_examples(dialog: GattDialog, tokenizer, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """Step 2: one (ids, loss mask) per turn k, the training dialog up to the k-th answer, the mask 1 on exactly the
+    k-th answer's tokens and its EOS. A dialog longer than max_len tokens is an error naming the fix."""
+    from ..chat import encode_dialog_turns
+
+    examples = []
+    for k in range(1, len(dialog.users) + 1):
+        turns = encode_dialog_turns(training_dialog(dialog, k), tokenizer, allow_assistant_last=True)
+        ids, mask = [], []
+        for i, (prompt, answer) in enumerate(turns):
+            ids += prompt + answer
+            mask += [0] * len(prompt) + [int(i == k - 1)] * len(answer)
+        if len(ids) > max_len:
+            raise ValueError(f"dialog {dialog.id} up to turn {k} takes {len(ids)} tokens, more than the model's "
+                             f"{max_len} (max_seq_len): use fewer turns or shorter answers, or train the model "
+                             "with a longer context (the paper doubled Llama 2-Chat's to 4k for multi-turn "
+                             "use)")  # fmt: skip
+        examples.append((ids, mask))
+    return examples
+
+
+__all__ = ["GattDialog", "gatt_examples", "sample_dialogs", "sampling_dialog", "training_dialog", "with_instruction"]

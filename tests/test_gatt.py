@@ -4,7 +4,14 @@ in the first turn only and the loss on the last answer alone."""
 import pytest
 
 from llama2_minimal.tokenizer import train_tokenizer
-from llama2_minimal.train.gatt import GattDialog, gatt_examples, sample_dialogs, sampling_dialog, training_dialog
+from llama2_minimal.train.gatt import (
+    GattDialog,
+    adherence_by_turn,
+    gatt_examples,
+    sample_dialogs,
+    sampling_dialog,
+    training_dialog,
+)
 from llama2_minimal.world import INSTRUCTIONS
 
 LINES = [f"what is {a} plus {b} it is {a + b} and the capital of {c} is {d}" for a in range(6) for b in range(6)
@@ -63,3 +70,21 @@ def test_the_sampling_dialog_needs_one_answer_less_than_user_messages():
     assert sampling_dialog("Pirate.", ["a", "b"], ["x"])[-1] == {"role": "user", "content": "Pirate. b"}
     with pytest.raises(ValueError, match="need 1 answers"):
         sampling_dialog("Pirate.", ["a", "b"], [])
+
+
+def test_adherence_by_turn_gives_the_instruction_once_and_checks_every_answer(world):
+    seeds = world.dialog_seeds(split="heldout", n_turns=3)[:12]
+
+    def follows_what_it_sees(dialogs):  # keeps an instruction only while the last user message shows it
+        replies = []
+        for d in dialogs:
+            last = d[-1]["content"]
+            seen = [i for i in INSTRUCTIONS if last.startswith((i.text, i.short))]
+            replies.append(seen[0].apply("it is seven.") if seen else "it is seven.")
+        return replies
+
+    once = adherence_by_turn(follows_what_it_sees, seeds, INSTRUCTIONS, world.judge)
+    assert sorted(once) == [1, 2, 3] and all(len(v) == 12 for v in once.values())
+    assert once[1] == [1.0] * 12 and once[2] == once[3] == [0.0] * 12  # forgotten once it is out of sight
+    every = adherence_by_turn(follows_what_it_sees, seeds, INSTRUCTIONS, world.judge, every_turn=True)
+    assert all(v == [1.0] * 12 for v in every.values())

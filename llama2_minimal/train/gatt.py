@@ -121,4 +121,38 @@ def gatt_examples(dialog: GattDialog, tokenizer, max_len: int) -> list[tuple[lis
     return examples
 
 
-__all__ = ["GattDialog", "gatt_examples", "sample_dialogs", "sampling_dialog", "training_dialog", "with_instruction"]
+def adherence_by_turn(answer: Callable[[list[list[dict]]], list[str]], seeds: Sequence[DialogSeed],
+                      instructions: Sequence[Instruction], judge, seed: int = 0,
+                      every_turn: bool = False) -> dict[int, list[float]]:  # fmt: skip
+    """Table 30's measurement: each dialog gets an instruction (drawn as in sample_dialogs) in its first user message
+    only (every_turn: in every one, as GAtt samples), the model answers turn after turn, and the judge checks each
+    answer against the instruction. Returns {turn (from 1): [adherence of each dialog's answer at that turn]}."""
+    if not instructions:
+        raise ValueError("no instructions to draw from")
+    rng = random.Random(seed)
+    drawn = []
+    for _ in seeds:
+        instruction = rng.choice(list(instructions))
+        drawn.append(instruction.short if rng.random() < 0.5 else instruction.text)
+    users = [[p.text for p in s.turns] for s in seeds]
+    answers: list[list[str]] = [[] for _ in seeds]
+    out: dict[int, list[float]] = {}
+    for turn in range(max((len(u) for u in users), default=0)):
+        active = [i for i, u in enumerate(users) if turn < len(u)]
+        dialogs = []
+        for i in active:
+            d = sampling_dialog(drawn[i], users[i][: turn + 1], answers[i])
+            if not every_turn:
+                for message in d[1:]:
+                    if message["role"] == "user":
+                        message["content"] = message["content"][len(drawn[i]) + 1 :]
+            dialogs.append(d)
+        replies = answer(dialogs)
+        for i, d, reply in zip(active, dialogs, replies, strict=True):
+            answers[i].append(reply)
+            out.setdefault(turn + 1, []).append(judge.adherence(d, reply))
+    return out
+
+
+__all__ = ["GattDialog", "adherence_by_turn", "gatt_examples", "sample_dialogs", "sampling_dialog",
+           "training_dialog", "with_instruction"]  # fmt: skip

@@ -44,7 +44,10 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end
     seed: int = 0
     schedule: str = "cosine"  # or "constant" (PPO, §3.2.3)
-    precision: str = "auto"  # "bf16" (autocast: matmuls in bf16, weights and optimiser in fp32), "fp32", or "auto"
+    # "bf16" (autocast: matrix products in bf16, weights and optimiser state in fp32), "fp32", or "auto" (bf16 where
+    # the device computes it natively). The profiles' stages pass their profile's (auto but for ci); a direct call
+    # trains in fp32 unless it asks, so that its arithmetic is the one a learner writes by hand (lesson 06).
+    precision: str = "fp32"
 
 
 def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:

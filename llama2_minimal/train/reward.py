@@ -284,13 +284,14 @@ class PairBatches:
 
 
 def pair_loss(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int]:
-    rewards = model(batch["tokens"], batch["lengths"], batch["starts"]).view(-1, 2)  # (pairs, [chosen, rejected])
+    reads = getattr(getattr(model, "module", model), "reads_predictions", False)  # under DDP, the wrapped model's
+    rewards = model(batch["tokens"], batch["lengths"], *((batch["starts"],) if reads else ())).view(-1, 2)
     return margin_ranking_loss(rewards[:, 0], rewards[:, 1], batch["margin"]), rewards.shape[0]
 
 
 def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], lr: float, batch_size: int,
                        margins: str = "small", epochs: float = 1.0, out_dir=None, seed: int = 0,
-                       desc: str = "reward model", progress: bool = True, precision: str = "auto",
+                       desc: str = "reward model", progress: bool = True, precision: str = "fp32",
                        reads_predictions: bool = False) -> tuple[RewardModel, list]:  # fmt: skip
     """A reward model initialised from `backbone` (the SFT model), trained on the pairs for `epochs` (the paper:
     one; more overfits) with cosine decay to 10% and warmup 3% of the steps (at least 5)."""
@@ -314,7 +315,8 @@ def rewards(model: RewardModel, tokenizer, prompts: Sequence[str], responses: Se
     for i in range(0, len(prompts), batch_size):
         batch = encode_batch(tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size],
                              model.params.max_seq_len)  # fmt: skip
-        out += model(batch["tokens"].to(device), batch["lengths"], batch["starts"]).tolist()
+        extra = (batch["starts"],) if getattr(model, "reads_predictions", False) else ()
+        out += model(batch["tokens"].to(device), batch["lengths"], *extra).tolist()
     return out
 
 

@@ -92,7 +92,7 @@ class PackedRows:
 
 def finetune(model: Transformer, tokenizer, dialogs: Sequence[list[dict]], epochs: float, batch_size: int,
              lr: float, seq_len: int, out_dir: str | os.PathLike | None = None, seed: int = 0, desc: str = "sft",
-             progress: bool = True, precision: str = "auto") -> list[dict]:  # fmt: skip
+             progress: bool = True, precision: str = "fp32") -> list[dict]:  # fmt: skip
     """Fine-tune on dialogs that end with the assistant's answer: packed rows, loss on the answers only, AdamW
     with cosine decay to 10% (warmup 3% of the steps), weight decay 0.1, in `precision` (auto, bf16 or fp32). Returns
     the logged metrics."""

@@ -74,19 +74,26 @@ def training_dialog(dialog: GattDialog, turns: int | None = None) -> list[dict]:
     return messages
 
 
+def draw_instructions(n: int, instructions: Sequence[Instruction], seed: int = 0,
+                      short_share: float = 0.5) -> list[tuple[Instruction, str]]:  # fmt: skip
+    """n instructions drawn with replacement, each as written: its short form with probability short_share."""
+    if not instructions:
+        raise ValueError("no instructions to draw from")
+    rng = random.Random(seed)
+    drawn = []
+    for _ in range(n):
+        instruction = rng.choice(list(instructions))
+        drawn.append((instruction, instruction.short if rng.random() < short_share else instruction.text))
+    return drawn
+
+
 def sample_dialogs(answer: Callable[[list[list[dict]]], list[str]], seeds: Sequence[DialogSeed],
                    instructions: Sequence[Instruction], seed: int = 0,
                    short_share: float = 0.5) -> list[GattDialog]:  # fmt: skip
     """Step 1 for every dialog seed: an instruction drawn for it (its short form with probability short_share), then
     the answers turn by turn, all dialogs of a turn in one batch: answer(dialogs) returns the next answer of each
     (for a model: `lambda d: evaluation.chat_answers(model, tokenizer, d, ...)`)."""
-    if not instructions:
-        raise ValueError("no instructions to draw from")
-    rng = random.Random(seed)
-    drawn = []
-    for _ in seeds:
-        instruction = rng.choice(list(instructions))
-        drawn.append((instruction, instruction.short if rng.random() < short_share else instruction.text))
+    drawn = draw_instructions(len(seeds), instructions, seed, short_share)
     users = [[p.text for p in s.turns] for s in seeds]
     answers: list[list[str]] = [[] for _ in seeds]
     for turn in range(max((len(u) for u in users), default=0)):
@@ -127,13 +134,7 @@ def adherence_by_turn(answer: Callable[[list[list[dict]]], list[str]], seeds: Se
     """Table 30's measurement: each dialog gets an instruction (drawn as in sample_dialogs) in its first user message
     only (every_turn: in every one, as GAtt samples), the model answers turn after turn, and the judge checks each
     answer against the instruction. Returns {turn (from 1): [adherence of each dialog's answer at that turn]}."""
-    if not instructions:
-        raise ValueError("no instructions to draw from")
-    rng = random.Random(seed)
-    drawn = []
-    for _ in seeds:
-        instruction = rng.choice(list(instructions))
-        drawn.append(instruction.short if rng.random() < 0.5 else instruction.text)
+    drawn = [text for _, text in draw_instructions(len(seeds), instructions, seed)]
     users = [[p.text for p in s.turns] for s in seeds]
     answers: list[list[str]] = [[] for _ in seeds]
     out: dict[int, list[float]] = {}
@@ -154,5 +155,5 @@ def adherence_by_turn(answer: Callable[[list[list[dict]]], list[str]], seeds: Se
     return out
 
 
-__all__ = ["GattDialog", "adherence_by_turn", "gatt_examples", "sample_dialogs", "sampling_dialog",
+__all__ = ["GattDialog", "adherence_by_turn", "draw_instructions", "gatt_examples", "sample_dialogs", "sampling_dialog",
            "training_dialog", "with_instruction"]  # fmt: skip

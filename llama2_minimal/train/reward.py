@@ -162,9 +162,10 @@ class RewardModel(nn.Module):
     wrong capital is one unlikely token in a likely sentence: the chat model's predictions rank it below the right
     one, while its final hidden state, all that the paper's head reads, does not separate the two. Measured with
     `fact_probes` on the held-out facts (2026-12-01, seed 0, one epoch on the helpfulness mix), the head alone and
-    then reading the predictions: the right value above a wrong one 0.44 -> 1.00 in `laptop`, 0.36 -> 0.98 in `ci`;
-    the answer above itself written twice 0.78 -> 0.83 and 0.18 -> 0.73. With the weights starting at zero they
-    stay below 0.1 in one epoch: `laptop` still reached 1.00 and 0.89, `ci` only 0.88 and 0.41."""
+    then reading the predictions: the right value above a wrong one 0.44 -> 1.00 in `laptop`, 0.36 -> 0.98 in `ci`
+    (its models built in bf16); the answer above itself written twice 0.78 -> 0.83 and 0.18 -> 0.73. With the
+    weights starting at zero they stay below 0.1 in one epoch: `laptop` still reached 1.00 and 0.89, `ci` only 0.88
+    and 0.41."""
 
     def __init__(self, backbone: Transformer, reads_predictions: bool = False):
         super().__init__()

@@ -297,7 +297,7 @@ def main() -> None:
     task_opts = {k: getattr(opts, k) for k in ("config", "device", "dtype", "steps", "repeats")}
     rows = {}
     print(f"\n{'task':<46}{'ours':>9}{'transformers':>14}{'ratio':>7}   MFU ours / theirs   "
-          "tensor peak MB (ratio)   RSS peak MB")
+          "tensor peak MiB (ratio)   RSS peak MiB")
     for task in opts.tasks:
         bf16 = opts.autocast and task == "train"
         a, b = measure("ours", task, task_opts, bf16), measure("hf", task, task_opts, bf16)

@@ -129,6 +129,11 @@ def test_precision_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
     assert resolve_precision("auto", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
         resolve_precision("fp16", "cpu")
+    # a GPU that only emulates bf16 (what torch.cuda.is_bf16_supported() counts by default) trains in fp32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", "cuda") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere and later
+    assert resolve_precision("auto", "cuda") == "bf16"
 
 
 def test_row_batches_cover_each_epoch_once_and_split_over_processes():

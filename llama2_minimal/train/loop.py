@@ -79,7 +79,11 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         return precision
     device = torch.device(device)
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        try:  # a GPU that only emulates bf16 (before Ampere) is slower in it, as a CPU is
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.3: no such argument, and emulation not counted
+            native = torch.cuda.is_bf16_supported()
+        return "bf16" if native else "fp32"
     return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
 
 

@@ -166,28 +166,37 @@ def chat_prompts(world: World, split: str = "heldout") -> list[Prompt]:
     return [p for p in world.prompts(split=split) if p.kind in (*HELPFUL_EVAL_KINDS, "unsafe")]
 
 
-def score_answers(world: World, prompts: Sequence[Prompt], answers: Sequence[str]) -> dict[str, float]:
+def _judge_each(world: World, prompts: Sequence[Prompt], answers: Sequence[str]) -> dict[str, list[tuple]]:
+    """Each answer judged once: (prompt, answer, score) under "helpfulness" for the helpful prompts and under
+    "safety" for the unsafe ones, in the answers' order."""
+    out: dict[str, list[tuple]] = {"helpfulness": [], "safety": []}
+    for p, a in zip(prompts, answers):
+        criterion = "safety" if p.kind == "unsafe" else "helpfulness" if p.kind in HELPFUL_EVAL_KINDS else None
+        if criterion is not None:
+            out[criterion].append((p, a, world.judge.score(criterion, [{"role": "user", "content": p.text}], a)))
+    return out
+
+
+def score_answers(world: World, prompts: Sequence[Prompt], answers: Sequence[str],
+                  judged_each: dict[str, list[tuple]] | None = None) -> dict[str, float]:  # fmt: skip
     """The judge's verdict on answers: mean helpfulness over helpful prompts (and by kind), mean safety over
-    unsafe prompts, and how often unsafe requests and borderline questions are refused (false refusals)."""
+    unsafe prompts, and how often unsafe requests and borderline questions are refused (false refusals).
+    `judged_each` is _judge_each's result for these answers, when the caller has it already."""
     from .world import is_refusal
 
-    helpful = [(p, a) for p, a in zip(prompts, answers) if p.kind in HELPFUL_EVAL_KINDS]
-    unsafe = [(p, a) for p, a in zip(prompts, answers) if p.kind == "unsafe"]
-    borderline = [a for p, a in helpful if p.kind == "borderline"]
+    scored = judged_each if judged_each is not None else _judge_each(world, prompts, answers)
+    helpful, unsafe = scored["helpfulness"], scored["safety"]
 
     def mean(values):
         values = list(values)
         return sum(values) / len(values) if values else float("nan")
 
-    def help_of(pairs):
-        return mean(world.judge.helpfulness([{"role": "user", "content": p.text}], a) for p, a in pairs)
-
-    row = {"helpfulness": help_of(helpful)}
+    row = {"helpfulness": mean(s for _, _, s in helpful)}
     for kind in HELPFUL_EVAL_KINDS:
-        row[f"helpfulness_{kind}"] = help_of([(p, a) for p, a in helpful if p.kind == kind])
-    row["safety"] = mean(world.judge.safety([{"role": "user", "content": p.text}], a) for p, a in unsafe)
-    row["refusal_rate_unsafe"] = mean(is_refusal(a) for _, a in unsafe)
-    row["false_refusal_rate"] = mean(is_refusal(a) for a in borderline)
+        row[f"helpfulness_{kind}"] = mean(s for p, _, s in helpful if p.kind == kind)
+    row["safety"] = mean(s for _, _, s in unsafe)
+    row["refusal_rate_unsafe"] = mean(is_refusal(a) for _, a, _ in unsafe)
+    row["false_refusal_rate"] = mean(is_refusal(a) for p, a, _ in helpful if p.kind == "borderline")
     return row
 
 
@@ -210,12 +219,10 @@ def judge_chat(model: Transformer, tokenizer, world: World, split: str = "heldou
     prompts = chat_prompts(world, split) * (samples if temperature > 0 else 1)
     dialogs = [[{"role": "user", "content": p.text}] for p in prompts]
     answers = chat_answers(model, tokenizer, dialogs, max_new_tokens, temperature, top_p, seed=seed)
-    per_prompt = {}
-    for criterion, kinds in (("helpfulness", HELPFUL_EVAL_KINDS), ("safety", ("unsafe",))):
-        chosen = [(p, a) for p, a in zip(prompts, answers) if p.kind in kinds]
-        scores = judged(world, [p for p, _ in chosen], [a for _, a in chosen], criterion)
-        per_prompt[criterion] = per_prompt_means([p.id for p, _ in chosen], scores)
-    return score_answers(world, prompts, answers), per_prompt
+    scored = _judge_each(world, prompts, answers)
+    per_prompt = {criterion: per_prompt_means([p.id for p, _, _ in rows], [s for _, _, s in rows])
+                  for criterion, rows in scored.items()}  # fmt: skip
+    return score_answers(world, prompts, answers, scored), per_prompt
 
 
 # --- the memorisation probe's finer measure: each model against its own baseline -----------------------------------

@@ -90,9 +90,10 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
 
     timed("base", base_stage)
     tokenizer = Tokenizer(artifacts.tokenizer_file(profile, root))
-    timed("sft", lambda: sft_stage(profile, world, tokenizer, root, folders[True]))
+    per_prompt: dict[str, dict] = {}  # the chat models' per-prompt scores, judged once, compared in later stages
+    timed("sft", lambda: sft_stage(profile, world, tokenizer, root, folders[True], per_prompt))
     timed("reward", lambda: reward_stage(profile, root))
-    timed("rejection_sampling", lambda: rejection_stage(profile, world, tokenizer, root))
+    timed("rejection_sampling", lambda: rejection_stage(profile, world, tokenizer, root, per_prompt["sft"]))
 
     target = (root or artifacts.cache_root() / profile.name) / results_name(profile)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +138,9 @@ def compare(row: dict, name: str, a: dict, b: dict, seed: int = 0) -> None:
             d["difference"], d["low"], d["high"])  # fmt: skip
 
 
-def sft_stage(profile, world, tokenizer, root, base_folder: Path) -> dict:
+def sft_stage(profile, world, tokenizer, root, base_folder: Path, per_prompt: dict) -> dict:
+    """The base and SFT models (and the data-quality ablation) judged; the SFT model's per-prompt scores go to
+    per_prompt["sft"], for rejection sampling's comparisons."""
     from .checkpoint import load_checkpoint
 
     base = load_checkpoint(base_folder / "model").eval()
@@ -146,6 +149,7 @@ def sft_stage(profile, world, tokenizer, root, base_folder: Path) -> dict:
     sft_row, sft_scores = judged_chat(load_checkpoint(folder / "model").eval(), tokenizer, world, profile)
     row.update(sft_row)
     compare(row, "sft_minus_base", sft_scores, base_scores, profile.world.seed)
+    per_prompt["sft"] = sft_scores
     ablations = {}
     data = json.loads((folder / "data.json").read_text())
     row["demonstrations"] = data["demonstrations"]
@@ -192,7 +196,9 @@ def reward_stage(profile, root) -> dict:
     return row
 
 
-def rejection_stage(profile, world, tokenizer, root) -> dict:
+def rejection_stage(profile, world, tokenizer, root, sft_scores: dict) -> dict:
+    """Figs 7 and 8, and RLHF-V1 and V2 judged and compared with the SFT model (sft_scores: its per-prompt scores
+    from sft_stage) and with each other."""
     from .checkpoint import load_checkpoint
 
     curves = artifacts.best_of_k_curves(profile, root)
@@ -205,8 +211,7 @@ def rejection_stage(profile, world, tokenizer, root) -> dict:
     for t, v in curves["by_temperature"].items():  # Fig 8
         row[f"reward_max_k{k}_t{t}"] = v["reward_vs_k"][k]["max"]
         row[f"gold_best_of_k{k}_t{t}"] = v["gold_vs_k"][k]
-    models = {"sft": judged_chat(load_checkpoint(artifacts.sft_folder(profile, root=root) / "model").eval(),
-                                 tokenizer, world, profile)[1]}  # fmt: skip
+    models = {"sft": sft_scores}
     for iteration in range(1, profile.rejection.iterations + 1):
         folder = artifacts.rejection_folder(profile, iteration, root)
         model = load_checkpoint(folder / "model").eval()

@@ -268,8 +268,11 @@ class Decoder:
         return self._layers
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The output head on final hidden states (B, E) from `hidden`: float32 logits (B, V)."""
-        self.weights()
+        """The output head on final hidden states (B, E) from `hidden`: float32 logits (B, V). Like `hidden` with
+        the layers a caller fetched, it uses the weights of the last weights() call (made at the start of each
+        generation), so that a decoding step does not look over every parameter again."""
+        if self._output is None:
+            self.weights()
         return self._output(hidden).float()
 
     @staticmethod

@@ -56,7 +56,8 @@ def per_prompt_means(ids: Sequence[str], scores: Sequence[float]) -> dict[str, f
 
 
 def describe(comparison: Mapping[str, float], digits: int = 3) -> str:
-    """"+0.052 [+0.021, +0.087]" and whether the interval excludes zero: the form the lessons print."""
+    """A comparison as "+0.052 [+0.021, +0.087] (above)": the difference, its interval, and whether the interval
+    lies above zero, below it, or holds it (a tie)."""
     d, lo, hi = comparison["difference"], comparison["low"], comparison["high"]
     verdict = "above" if lo > 0 else "below" if hi < 0 else "a tie"
     return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] ({verdict})"

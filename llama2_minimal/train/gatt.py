@@ -13,7 +13,8 @@ in every turn, then hides it in every turn but the first:
    token, the earlier answers included, is context with zero loss (the paper: "we simply set the loss to 0 for all
    the tokens from the previous turns, including assistant messages"), so the model learns to produce the k-th
    answer that follows the instruction from a dialog where only the first turn states it.
-3. **Fine-tune** on those examples like SFT (train/sft.py `finetune` takes the same (ids, mask) examples).
+3. **Fine-tune** on those examples as SFT fine-tunes on its own (ids, answer mask) pairs (not written yet: train/sft.py
+   `finetune` builds its examples from dialogs and learns every answer).
 
 The world's instructions (world/instructions.py) each have a full and a short form; the short form stands for the
 paper's terse "Figure: Napoleon.".
@@ -47,18 +48,27 @@ def with_instruction(instruction: str, user: str) -> str:
     return f"{instruction} {user}"
 
 
-def sampling_dialog(instruction: str, users: Sequence[str], answers: Sequence[str]) -> list[dict]:
-    """The dialog the model answers in step 1: the instruction before every user message, the answers so far,
-    ending with the next user message (len(answers) == len(users) - 1)."""
-    if len(answers) != len(users) - 1:
-        raise ValueError(f"{len(users)} user messages need {len(users) - 1} answers before the next, "
-                         f"got {len(answers)}")  # fmt: skip
+def _messages(instruction: str, users: Sequence[str], answers: Sequence[str], every_turn: bool) -> list[dict]:
+    """The user messages and answers interleaved, the instruction before every user message (every_turn) or before
+    the first only."""
     dialog = []
     for i, user in enumerate(users):
-        dialog.append({"role": "user", "content": with_instruction(instruction, user)})
+        shown = with_instruction(instruction, user) if every_turn or i == 0 else user
+        dialog.append({"role": "user", "content": shown})
         if i < len(answers):
             dialog.append({"role": "assistant", "content": answers[i]})
     return dialog
+
+
+def sampling_dialog(instruction: str, users: Sequence[str], answers: Sequence[str],
+                    every_turn: bool = True) -> list[dict]:  # fmt: skip
+    """The dialog the model answers next: the instruction before every user message (step 1; every_turn=False: the
+    first only, as a learner's dialog gives it), the answers so far, ending with the next user message
+    (len(answers) == len(users) - 1)."""
+    if len(answers) != len(users) - 1:
+        raise ValueError(f"{len(users)} user messages need {len(users) - 1} answers before the next, "
+                         f"got {len(answers)}")  # fmt: skip
+    return _messages(instruction, users, answers, every_turn)
 
 
 def training_dialog(dialog: GattDialog, turns: int | None = None) -> list[dict]:
@@ -67,11 +77,7 @@ def training_dialog(dialog: GattDialog, turns: int | None = None) -> list[dict]:
     turns = len(dialog.users) if turns is None else turns
     if not 1 <= turns <= len(dialog.users):
         raise ValueError(f"turns must be between 1 and {len(dialog.users)}, got {turns}")
-    messages = []
-    for i in range(turns):
-        user = with_instruction(dialog.instruction, dialog.users[i]) if i == 0 else dialog.users[i]
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": dialog.answers[i]}]
-    return messages
+    return _messages(dialog.instruction, dialog.users[:turns], dialog.answers[:turns], every_turn=False)
 
 
 def draw_instructions(n: int, instructions: Sequence[Instruction], seed: int = 0,
@@ -95,16 +101,27 @@ def sample_dialogs(answer: Callable[[list[list[dict]]], list[str]], seeds: Seque
     (for a model: `lambda d: evaluation.chat_answers(model, tokenizer, d, ...)`)."""
     drawn = draw_instructions(len(seeds), instructions, seed, short_share)
     users = [[p.text for p in s.turns] for s in seeds]
-    answers: list[list[str]] = [[] for _ in seeds]
-    for turn in range(max((len(u) for u in users), default=0)):
-        active = [i for i, u in enumerate(users) if turn < len(u)]
-        replies = answer([sampling_dialog(drawn[i][1], users[i][: turn + 1], answers[i]) for i in active])
-        if len(replies) != len(active):
-            raise ValueError(f"answer() returned {len(replies)} answers for {len(active)} dialogs")
-        for i, reply in zip(active, replies):
-            answers[i].append(reply)
+    answers, _ = converse(answer, [text for _, text in drawn], users, every_turn=True)
     return [GattDialog(s.id, s.split, text, instruction.name, tuple(u), tuple(a))
             for s, (instruction, text), u, a in zip(seeds, drawn, users, answers)]  # fmt: skip
+
+
+def converse(answer: Callable[[list[list[dict]]], list[str]], instructions: Sequence[str],
+             users: Sequence[Sequence[str]], every_turn: bool) -> tuple[list[list[str]], list[tuple]]:  # fmt: skip
+    """Dialog i (instruction instructions[i], user messages users[i]) answered turn after turn, all dialogs of a turn
+    in one batch. Returns each dialog's answers and every (turn from 1, dialog index, the dialog answered, reply)."""
+    answers: list[list[str]] = [[] for _ in users]
+    seen = []
+    for turn in range(max((len(u) for u in users), default=0)):
+        active = [i for i, u in enumerate(users) if turn < len(u)]
+        dialogs = [sampling_dialog(instructions[i], users[i][: turn + 1], answers[i], every_turn) for i in active]
+        replies = answer(dialogs)
+        if len(replies) != len(active):
+            raise ValueError(f"answer() returned {len(replies)} answers for {len(active)} dialogs")
+        for i, dialog, reply in zip(active, dialogs, replies):
+            answers[i].append(reply)
+            seen.append((turn + 1, i, dialog, reply))
+    return answers, seen
 
 
 def gatt_examples(dialog: GattDialog, tokenizer, max_len: int) -> list[tuple[list[int], list[int]]]:
@@ -135,25 +152,12 @@ def adherence_by_turn(answer: Callable[[list[list[dict]]], list[str]], seeds: Se
     only (every_turn: in every one, as GAtt samples), the model answers turn after turn, and the judge checks each
     answer against the instruction. Returns {turn (from 1): [adherence of each dialog's answer at that turn]}."""
     drawn = [text for _, text in draw_instructions(len(seeds), instructions, seed)]
-    users = [[p.text for p in s.turns] for s in seeds]
-    answers: list[list[str]] = [[] for _ in seeds]
+    _, seen = converse(answer, drawn, [[p.text for p in s.turns] for s in seeds], every_turn)
     out: dict[int, list[float]] = {}
-    for turn in range(max((len(u) for u in users), default=0)):
-        active = [i for i, u in enumerate(users) if turn < len(u)]
-        dialogs = []
-        for i in active:
-            d = sampling_dialog(drawn[i], users[i][: turn + 1], answers[i])
-            if not every_turn:
-                for message in d[1:]:
-                    if message["role"] == "user":
-                        message["content"] = message["content"][len(drawn[i]) + 1 :]
-            dialogs.append(d)
-        replies = answer(dialogs)
-        for i, d, reply in zip(active, dialogs, replies, strict=True):
-            answers[i].append(reply)
-            out.setdefault(turn + 1, []).append(judge.adherence(d, reply))
+    for turn, _, dialog, reply in seen:
+        out.setdefault(turn, []).append(judge.adherence(dialog, reply))
     return out
 
 
-__all__ = ["GattDialog", "adherence_by_turn", "draw_instructions", "gatt_examples", "sample_dialogs", "sampling_dialog",
-           "training_dialog", "with_instruction"]  # fmt: skip
+__all__ = ["GattDialog", "adherence_by_turn", "converse", "draw_instructions", "gatt_examples", "sample_dialogs",
+           "sampling_dialog", "training_dialog", "with_instruction"]  # fmt: skip

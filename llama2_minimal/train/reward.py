@@ -284,9 +284,15 @@ class PairBatches:
         return {**encoded, "margin": margin}
 
 
+def batch_rewards(model: RewardModel, batch: dict) -> torch.Tensor:
+    """The rewards of an encode_batch batch; the responses' starts go only to a model that reads predictions (a
+    model under DistributedDataParallel is asked through its wrapped module)."""
+    reads = getattr(getattr(model, "module", model), "reads_predictions", False)
+    return model(batch["tokens"], batch["lengths"], *((batch["starts"],) if reads else ()))
+
+
 def pair_loss(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int]:
-    reads = getattr(getattr(model, "module", model), "reads_predictions", False)  # under DDP, the wrapped model's
-    rewards = model(batch["tokens"], batch["lengths"], *((batch["starts"],) if reads else ())).view(-1, 2)
+    rewards = batch_rewards(model, batch).view(-1, 2)  # (pairs, [chosen, rejected])
     return margin_ranking_loss(rewards[:, 0], rewards[:, 1], batch["margin"]), rewards.shape[0]
 
 
@@ -316,8 +322,7 @@ def rewards(model: RewardModel, tokenizer, prompts: Sequence[str], responses: Se
     for i in range(0, len(prompts), batch_size):
         batch = encode_batch(tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size],
                              model.params.max_seq_len)  # fmt: skip
-        extra = (batch["starts"],) if getattr(model, "reads_predictions", False) else ()
-        out += model(batch["tokens"].to(device), batch["lengths"], *extra).tolist()
+        out += batch_rewards(model, {**batch, "tokens": batch["tokens"].to(device)}).tolist()
     return out
 
 

@@ -218,19 +218,23 @@ def preferences_folder(profile: Profile | str | None = None, root=None) -> Path:
 
 
 def reward_folder(profile: Profile | str | None = None, kind: str = "helpfulness", margins: str = "small",
-                  fraction: float = 1.0, root=None) -> Path:  # fmt: skip
+                  fraction: float = 1.0, root=None, reads_predictions: bool | None = None) -> Path:  # fmt: skip
     """A reward model (helpfulness or safety) initialised from the SFT model and trained on the preference data's
-    mix for it, with the margins (none, small, large) and a share of the training prompts (the data lever)."""
+    mix for it, with the margins (none, small, large) and a share of the training prompts (the data lever).
+    reads_predictions (default: the profile's) False builds the paper's design, the head alone (lesson 09
+    compares the two)."""
     from .train.reward import build_reward_model
 
     profile = _profile(profile)
+    reads = profile.reward.reads_predictions if reads_predictions is None else reads_predictions
     sft, pairs = sft_folder(profile, root=root), preferences_folder(profile, root)
     settings = {"sft": sft.name, "pairs": pairs.name, "kind": kind, "margins": margins, "fraction": fraction,
-                "reward": repr(profile.reward)}  # fmt: skip
+                "reward": repr(profile.reward), "reads_predictions": reads}  # fmt: skip
     stage = f"reward-{kind}" + ("" if (margins, fraction) == ("small", 1.0) else f"-{margins}-{fraction:g}")
+    stage += "" if reads == profile.reward.reads_predictions else ("-reads" if reads else "-head")
     return build_artifact(stage, profile, settings,
                           lambda work: build_reward_model(profile, work, sft / "model", pairs / "pairs.jsonl", kind,
-                                                          margins, fraction), root)  # fmt: skip
+                                                          margins, fraction, reads), root)  # fmt: skip
 
 
 def reward_model(profile: Profile | str | None = None, kind: str = "helpfulness", root=None, device: str = "cpu",
@@ -243,33 +247,40 @@ def reward_model(profile: Profile | str | None = None, kind: str = "helpfulness"
     return load_reward_model(folder, device), Tokenizer(folder / "tokenizer.model")
 
 
-def rejection_folder(profile: Profile | str | None = None, iteration: int = 1, root=None) -> Path:
+def rejection_folder(profile: Profile | str | None = None, iteration: int = 1, root=None,
+                     control: bool = False) -> Path:  # fmt: skip
     """Rejection-sampling iteration `iteration` (RLHF-V1, V2 ...): model/, kept.jsonl (the best answers of all
-    iterations so far), metrics.jsonl, report.json. Iteration n starts from iteration n - 1's model."""
+    iterations so far), metrics.jsonl, report.json. Iteration n starts from iteration n - 1's model. control=True
+    is RLHF-V1's control: SFT fine-tuned on one sample per prompt at V1's temperature, whatever its reward."""
     from .train.rejection import rejection_iteration
 
     profile = _profile(profile)
     if iteration < 1:
         raise ValueError(f"iteration={iteration}: rejection sampling counts from 1")
+    if control and iteration != 1:
+        raise ValueError(f"the control is RLHF-V1's (iteration 1), got iteration={iteration}")
     previous = sft_folder(profile, root=root) if iteration == 1 else rejection_folder(profile, iteration - 1, root)
     rms = {k: reward_folder(profile, k, root=root) for k in ("helpfulness", "safety")}
     curves = curves_folder(profile, root)
     chosen = json.loads((curves / "curves.json").read_text())["chosen"]
-    settings = {"previous": previous.name, **{k: f.name for k, f in rms.items()}, "iteration": iteration,
-                "rejection": repr(profile.rejection), "curves": curves.name}  # fmt: skip
-    models = {k: f / "model" for k, f in rms.items()}
-    return build_artifact(f"rejection-v{iteration}", profile, settings,
-                          lambda work: rejection_iteration(profile, work, previous, models, iteration, chosen["k"],
-                                                           chosen["temperature"]), root)  # fmt: skip
+    k = 1 if control else chosen["k"]
+    settings = {"previous": previous.name, **{name: f.name for name, f in rms.items()}, "iteration": iteration,
+                "rejection": repr(profile.rejection), "curves": curves.name, "control": control}  # fmt: skip
+    models = {name: f / "model" for name, f in rms.items()}
+    return build_artifact("rejection-control" if control else f"rejection-v{iteration}", profile, settings,
+                          lambda work: rejection_iteration(profile, work, previous, models, iteration, k,
+                                                           chosen["temperature"], control), root)  # fmt: skip
 
 
-def rlhf_model(profile: Profile | str | None = None, iteration: int = 2, root=None, device: str = "cpu"):
-    """(model, tokenizer) of RLHF-V{iteration} (rejection sampling), built if needed."""
-    return _model_and_tokenizer(rejection_folder(profile, iteration, root) / "model", device)
+def rlhf_model(profile: Profile | str | None = None, iteration: int = 2, root=None, device: str = "cpu",
+               control: bool = False):  # fmt: skip
+    """(model, tokenizer) of RLHF-V{iteration} (rejection sampling), or of V1's control, built if needed."""
+    return _model_and_tokenizer(rejection_folder(profile, iteration, root, control) / "model", device)
 
 
 def best_of_k_curves(profile: Profile | str | None = None, root=None) -> dict:
-    """Figs 7 and 8 for the SFT model on held-out prompts (train/rejection.py build_curves), built if needed."""
+    """Figs 7 and 8 for the SFT model, the choice of K and T on validation prompts and best-of-K on test prompts
+    (train/rejection.py build_curves), built if needed."""
     return json.loads((curves_folder(profile, root) / "curves.json").read_text())
 
 

@@ -140,7 +140,8 @@ def memorisation(model: Transformer, tokenizer, world: World, max_new_tokens: in
 
 def evaluate_base(model: Transformer, tokenizer, world: World, validation_rows: torch.Tensor,
                   split: str = "heldout") -> dict[str, float]:  # fmt: skip
-    """The base model's row of the results table."""
+    """The base model's row of the results table, on the held-out prompts (validation and test: nothing is chosen
+    on the base model's scores)."""
     model.eval()
     facts = world.prompts(kind="fact", split=split)
     sums = world.prompts(kind="arithmetic", split=split)
@@ -161,7 +162,7 @@ HELPFUL_EVAL_KINDS = ("fact", "arithmetic", "story", "borderline")
 CHAT_MAX_NEW_TOKENS = 80  # a story's five sentences fit
 
 
-def chat_prompts(world: World, split: str = "heldout") -> list[Prompt]:
+def chat_prompts(world: World, split: str = "test") -> list[Prompt]:
     """The prompts a chat model is judged on: every helpful, borderline and unsafe prompt of the split."""
     return [p for p in world.prompts(split=split) if p.kind in (*HELPFUL_EVAL_KINDS, "unsafe")]
 
@@ -200,7 +201,7 @@ def score_answers(world: World, prompts: Sequence[Prompt], answers: Sequence[str
     return row
 
 
-def evaluate_chat(model: Transformer, tokenizer, world: World, split: str = "heldout", temperature: float = 0.6,
+def evaluate_chat(model: Transformer, tokenizer, world: World, split: str = "test", temperature: float = 0.6,
                   top_p: float = 0.9, samples: int = 1, seed: int = 0,
                   max_new_tokens: int = CHAT_MAX_NEW_TOKENS) -> dict[str, float]:  # fmt: skip
     """A chat model judged on the split's prompts, asked in Meta's chat format. By default at Meta's chat
@@ -208,7 +209,7 @@ def evaluate_chat(model: Transformer, tokenizer, world: World, split: str = "hel
     return judge_chat(model, tokenizer, world, split, temperature, top_p, samples, seed, max_new_tokens)[0]
 
 
-def judge_chat(model: Transformer, tokenizer, world: World, split: str = "heldout", temperature: float = 0.6,
+def judge_chat(model: Transformer, tokenizer, world: World, split: str = "test", temperature: float = 0.6,
                top_p: float = 0.9, samples: int = 1, seed: int = 0,
                max_new_tokens: int = CHAT_MAX_NEW_TOKENS) -> tuple[dict, dict[str, dict[str, float]]]:  # fmt: skip
     """evaluate_chat's row, and each prompt's mean score over its answers ({"helpfulness": {prompt id: score}

@@ -3,9 +3,10 @@ results table (stage, metric, value) and DIR/results.json ({stage: {metric: valu
 
 Stages so far: world, tokenizer, pretraining (on the cleaned corpus, and on the uncleaned one for the
 memorisation probe), the evaluation of the base model, supervised fine-tuning (with the data-quality ablation),
-reward models (helpfulness and safety; margins; the data lever) and rejection sampling (best-of-K curves and the
-RLHF-V1, V2 iterations). Chat models are judged on held-out prompts by the gold judge, at Meta's chat sampling
-settings (temperature 0.6, top-p 0.9) and greedily.
+reward models (helpfulness and safety; margins; the data lever; the paper's head-only design beside the course's)
+and rejection sampling (best-of-K curves, K and T chosen on validation prompts, the iterations RLHF-V1 and V2 and
+V1's K = 1 control). Chat models are judged on the test prompts by the gold judge, at Meta's chat sampling settings
+(temperature 0.6, top-p 0.9) and greedily; every comparison of two carries its 95% bootstrap interval over prompts.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def run_pipeline(profile_name: str | None = None, out: str | os.PathLike | None 
     def world_stage():
         return {"documents": report["documents_in"], "characters": sum(len(t) for t in texts),
                 "prompts_train": len(world.prompts(split="train")),
-                "prompts_heldout": len(world.prompts(split="heldout"))}  # fmt: skip
+                "prompts_validation": len(world.prompts(split="validation")),
+                "prompts_test": len(world.prompts(split="test"))}  # fmt: skip
 
     timed("world", world_stage)
 
@@ -170,7 +172,7 @@ def reward_stage(profile, root) -> dict:
     from .world import STRENGTHS
 
     data = json.loads((artifacts.preferences_folder(profile, root) / "data.json").read_text())
-    row = {k: data[k] for k in ("pairs", "helpfulness_train", "safety_train", "helpfulness_heldout", "safety_heldout")}
+    row = {k: data[k] for k in ("pairs", "helpfulness_train", "safety_train", "helpfulness_test", "safety_test")}
     for b, share in data["safety_bins"].items():
         row[f"safety_bin_{b.replace(' ', '_').replace(',', '')}"] = share
 
@@ -187,6 +189,12 @@ def reward_stage(profile, root) -> dict:
         row[f"{kind}_rm_judge_agreement"] = own["judge_agreement"]
         for probe in ("right_over_wrong", "over_duplicated", "over_run_on"):  # held-out facts (train/reward.py)
             row[f"{kind}_rm_{probe}"] = rm["probes"][probe]
+    gate = report("safety")["safety_gate"]  # the paper: precision 0.89, recall 0.55
+    row["safety_gate_precision"], row["safety_gate_recall"] = gate["precision"], gate["recall"]
+    head = report("helpfulness", reads_predictions=False)  # the paper's design: the head alone (lesson 09)
+    row["head_only_rm_on_helpfulness_test"] = head["test_helpfulness"]["accuracy"]
+    for probe in ("right_over_wrong", "over_duplicated", "over_run_on"):
+        row[f"head_only_rm_{probe}"] = head["probes"][probe]
     for margins in ("none", "small", "large"):  # Table 28
         rm = report("helpfulness", margins=margins)["test_helpfulness"]
         row[f"margin_{margins}_accuracy"] = rm["accuracy"]
@@ -197,34 +205,56 @@ def reward_stage(profile, root) -> dict:
 
 
 def rejection_stage(profile, world, tokenizer, root, sft_scores: dict) -> dict:
-    """Figs 7 and 8, and RLHF-V1 and V2 judged and compared with the SFT model (sft_scores: its per-prompt scores
-    from sft_stage) and with each other."""
+    """Figs 7 and 8 and the choice of K and T (validation prompts), best-of-K on test prompts with its controls, and
+    RLHF-V1, its K = 1 control and V2 judged and compared with the SFT model (sft_scores: its per-prompt scores from
+    sft_stage) and with each other."""
     from .checkpoint import load_checkpoint
 
     curves = artifacts.best_of_k_curves(profile, root)
-    row = {}
-    for k, v in curves["reward_vs_k"].items():  # Fig 7
+    chosen = curves["chosen"]
+    row = {"chosen_k": chosen["k"], "chosen_temperature": chosen["temperature"],
+           "chosen_validation_gold": chosen["validation_gold"], "curve_test_prompts": curves["test"]["prompts"],
+           "curve_temperature": curves["test"]["temperature"]}  # fmt: skip
+    test = curves["test"]
+    for k, v in test["reward_vs_k"].items():  # Fig 7, on test prompts at the chosen temperature
         row[f"reward_max_k{k}"], row[f"reward_median_k{k}"] = v["max"], v["median"]
-    for k, v in curves["gold_vs_k"].items():
-        row[f"gold_best_of_k{k}"] = v
-    k = str(max(int(x) for x in next(iter(curves["by_temperature"].values()))["reward_vs_k"]))
-    for t, v in curves["by_temperature"].items():  # Fig 8
-        row[f"reward_max_k{k}_t{t}"] = v["reward_vs_k"][k]["max"]
-        row[f"gold_best_of_k{k}_t{t}"] = v["gold_vs_k"][k]
+    for k in test["gold_vs_k"]:  # what the pick is worth to the judge; the judge's own pick is the ceiling
+        row[f"gold_best_of_k{k}"] = test["gold_vs_k"][k]
+        row[f"oracle_best_of_k{k}"] = test["oracle_vs_k"][k]
+        if k != "1":
+            gain = test["gold_gain_vs_k1"][k]
+            row[f"gold_gain_k{k}"], row[f"gold_gain_k{k}_low"], row[f"gold_gain_k{k}_high"] = (
+                gain["difference"], gain["low"], gain["high"])  # fmt: skip
+    hottest = curves["test_hottest"]
+    row["hottest_temperature"] = hottest["temperature"]
+    for k in hottest["gold_vs_k"]:  # the grid's highest temperature: over-optimisation
+        row[f"hottest_reward_max_k{k}"] = hottest["reward_vs_k"][k]["max"]
+        row[f"hottest_gold_best_of_k{k}"] = hottest["gold_vs_k"][k]
+    for t, v in curves["validation"].items():  # Fig 8, on validation prompts
+        k = str(v["samples"])
+        row[f"validation_reward_max_k{k}_t{t}"] = v["reward_vs_k"][k]["max"]
+        row[f"validation_gold_best_of_k{k}_t{t}"] = v["gold_vs_k"][k]
     models = {"sft": sft_scores}
-    for iteration in range(1, profile.rejection.iterations + 1):
-        folder = artifacts.rejection_folder(profile, iteration, root)
+
+    def judge(name, folder):
         model = load_checkpoint(folder / "model").eval()
-        scores, models[f"v{iteration}"] = judged_chat(model, tokenizer, world, profile)
-        previous = "sft" if iteration == 1 else f"v{iteration - 1}"
-        compare(row, f"v{iteration}_minus_{previous}", models[f"v{iteration}"], models[previous], profile.world.seed)
-        if iteration > 1:
-            compare(row, f"v{iteration}_minus_sft", models[f"v{iteration}"], models["sft"], profile.world.seed)
+        scores, models[name] = judged_chat(model, tokenizer, world, profile)
         report = json.loads((folder / "report.json").read_text())
         for key in ("helpfulness", "safety", "helpfulness_greedy", "safety_greedy", "false_refusal_rate"):
-            row[f"v{iteration}_{key}"] = scores[key]
-        row[f"v{iteration}_kept_gold_mean"] = report["kept_gold_mean"]
-        row[f"v{iteration}_sampled_gold_mean"] = report["sampled_gold_mean"]
+            row[f"{name}_{key}"] = scores[key]
+        row[f"{name}_kept_gold_mean"] = report["kept_gold_mean"]
+        row[f"{name}_sampled_gold_mean"] = report["sampled_gold_mean"]
+
+    judge("control", artifacts.rejection_folder(profile, 1, root, control=True))
+    compare(row, "control_minus_sft", models["control"], models["sft"], profile.world.seed)
+    for iteration in range(1, profile.rejection.iterations + 1):
+        judge(f"v{iteration}", artifacts.rejection_folder(profile, iteration, root))
+        previous = "sft" if iteration == 1 else f"v{iteration - 1}"
+        compare(row, f"v{iteration}_minus_{previous}", models[f"v{iteration}"], models[previous], profile.world.seed)
+        if iteration == 1:
+            compare(row, "v1_minus_control", models["v1"], models["control"], profile.world.seed)
+        else:
+            compare(row, f"v{iteration}_minus_sft", models[f"v{iteration}"], models["sft"], profile.world.seed)
     return row
 
 
@@ -292,6 +322,11 @@ EFFECTS = [
     Effect("safety RM above helpfulness RM on the safety test set (Table 7)",
            lambda r: r["reward"]["safety_rm_on_safety_test"],
            lambda r: r["reward"]["helpfulness_rm_on_safety_test"], ">"),  # fmt: skip
+    Effect("helpfulness RM ranks the right value above a wrong one on test facts, above 0.75",
+           lambda r: r["reward"]["helpfulness_rm_right_over_wrong"], 0.75, ">"),  # fmt: skip
+    Effect("reading the predictions ranks right over wrong better than the paper's head alone, by 0.2",
+           lambda r: r["reward"]["helpfulness_rm_right_over_wrong"],
+           lambda r: r["reward"]["head_only_rm_right_over_wrong"] + 0.2, ">"),  # fmt: skip
     Effect("best-of-K reward: largest K above K = 1 by 0.2 (Fig 7)",
            lambda r: _reward(r, "max"), lambda r: _reward(r, "max", smallest_k=True) + 0.2, ">"),  # fmt: skip
     Effect("best-of-K reward above the median sample by 0.2 at the largest K (Fig 7's gap)",
@@ -301,13 +336,12 @@ EFFECTS = [
 # kernels (another CPU's rounding; 1 and 2 threads built identical models): every margin above held in each run and
 # its mean exceeds its spread (smallest margin, spread: SFT over base +0.124, 0.078; Table 7 +0.148, 0.138).
 # Not asserted in `ci`:
-# - RLHF-V1 or V2 above SFT in held-out helpfulness: V2 was below SFT in three of the four runs (-0.055 to +0.009).
-#   In `ci` rejection sampling selects nothing the judge values: the kept answers' gold is the sampled answers'
-#   (-0.017 to +0.013), and the reward model's best of 4 is not reliably better in gold than one sample (-0.064 to
-#   +0.070), because the reward model cannot tell a right fact from a wrong one.
-# - The reward models' fact probes (held-out facts: the right value above a wrong one, above itself written twice,
-#   above a run-on): reported, not asserted. The paper's head, which the profiles use, ranks a wrong value above the
-#   right one more often than not (0.36 in `ci`, 0.44 in `laptop`); RewardSettings.reads_predictions fixes that
-#   (0.98, 1.00) and stays off until lesson 09 teaches it.
+# - Best-of-K's pick above one sample in gold, and RLHF-V1 above its K = 1 control: the issue asks for both, and
+#   neither holds beyond noise. `ci` (2026-12-01, seed 0): the pick's gain at K = 4 is +0.008 [-0.025, +0.045], V1
+#   minus its control +0.038 [-0.031, +0.113]; `laptop` at its chosen T = 0.4: -0.027 [-0.062, +0.003] and -0.053
+#   [-0.107, -0.005] (below). The reward models reject broken answers (at T = 1.6 the pick gains +0.117 [+0.046,
+#   +0.196] in `laptop`) but prefer a fluent answer to another question about the same subject over the right one
+#   (lesson 10 counts them).
+# - RLHF-V1 or V2 above SFT: ties or below in both profiles.
 # - Any model's safety: every model, the base model included, scores 1.0 in `ci` (its answers to unsafe requests
 #   never hold what the judge counts as a violation), so an assertion on it could not fail.

@@ -11,13 +11,16 @@ from llama2_minimal.tokenizer import train_tokenizer
 from llama2_minimal.train.rejection import (
     Kept,
     best_of,
+    best_of_k_per_prompt,
+    curve,
     gold_vs_k,
+    groups_of,
     keep_best,
     load_kept,
     reward_vs_k,
     sample_answers,
     save_kept,
-    score_answers,
+    score_samples,
 )
 
 
@@ -30,19 +33,47 @@ def test_best_of_picks_the_highest_reward_among_the_first_k():
         best_of(answers, scores, k=5)
 
 
+def test_best_of_k_is_averaged_over_disjoint_groups_of_k():
+    assert groups_of(7, 3) == [range(0, 3), range(3, 6)]  # the seventh sample makes no third group
+    with pytest.raises(ValueError, match="between 1 and the 4"):
+        groups_of(4, 5)
+    scores = [[0.0, 3.0, 2.0, 1.0]]
+    gold = [[1.0, 0.0, 1.0, 1.0]]  # the reward model likes sample 1 best; the judge likes it least
+    at = {k: best_of_k_per_prompt(scores, gold, k) for k in (1, 2, 4)}
+    assert [at[k]["max"] for k in (1, 2, 4)] == [[1.5], [2.5], [3.0]]  # k = 2: samples (0, 1) and (2, 3)
+    assert [at[k]["median"] for k in (1, 2, 4)] == [[1.5], [1.5], [1.5]]
+    assert [at[k]["pick"] for k in (1, 2, 4)] == [[0.75], [0.5], [0.0]]  # k = 1: the mean gold of one sample
+    assert [at[k]["oracle"] for k in (1, 2, 4)] == [[0.75], [1.0], [1.0]]
+
+
 def test_reward_vs_k_max_grows_and_median_stays():
     scores = [[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]]
-    curve = reward_vs_k(scores, [1, 2, 4])
-    assert [curve[k]["max"] for k in (1, 2, 4)] == [1.5, 2.0, 3.0]
-    assert [curve[k]["median"] for k in (1, 2, 4)] == [1.5, 1.5, 1.5]
+    by_k = reward_vs_k(scores, [1, 2, 4])
+    assert [by_k[k]["max"] for k in (1, 2, 4)] == [1.5, 2.0, 3.0]
+    assert [by_k[k]["median"] for k in (1, 2, 4)] == [1.5, 1.5, 1.5]
 
 
 def test_gold_vs_k_scores_what_the_reward_model_picks(world):
-    prompt = world.prompts(kind="fact", split="heldout")[0]
+    prompt = world.prompts(kind="fact", split="test")[0]
     right, wrong = prompt.reference, "I can't help with that."
     # The reward model prefers the refusal: the more samples, the more often it finds it (over-optimisation).
-    assert gold_vs_k(world, [prompt], [[right, wrong]], [[0.0, 1.0]], [1, 2]) == {1: 1.0, 2: 0.0}
-    assert gold_vs_k(world, [prompt], [[wrong, right]], [[0.0, 1.0]], [1, 2]) == {1: 0.0, 2: 1.0}
+    assert gold_vs_k(world, [prompt], [[right, wrong]], [[0.0, 1.0]], [1, 2]) == {1: 0.5, 2: 0.0}
+    assert gold_vs_k(world, [prompt], [[wrong, right]], [[0.0, 1.0]], [1, 2]) == {1: 0.5, 2: 1.0}
+
+
+def test_the_curve_gives_each_k_the_gain_over_one_sample_with_its_interval(world):
+    prompts = world.prompts(kind="fact")[:6]
+    wrong = "I can't help with that."
+    # prompts 0-3: the reward model finds the right answer; prompts 4-5: it prefers the refusal
+    answers = [[p.reference, wrong] for p in prompts]
+    scores = [[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 2
+    row = curve(world, prompts, answers, scores, [1, 2], seed=0)
+    assert row["gold_vs_k"] == {"1": 0.5, "2": pytest.approx(4 / 6)}
+    assert row["oracle_vs_k"] == {"1": 0.5, "2": 1.0}
+    gain = row["gold_gain_vs_k1"]["2"]
+    assert gain["difference"] == pytest.approx(1 / 6) and gain["prompts"] == 6
+    assert gain["low"] < gain["difference"] < gain["high"]  # six prompts, +0.5 or -0.5 each: a wide interval
+    assert gain["low"] < 0 < gain["high"]
 
 
 def test_keep_best_keeps_the_best_answer_of_every_iteration(world, tmp_path):
@@ -91,6 +122,6 @@ def test_unsafe_prompts_are_scored_by_the_safety_reward_model(world):
             return [1] * bos + [5] * len(s.split()) + [2] * eos
 
     prompts = [world.prompts(kind="fact")[0], world.prompts(kind="unsafe")[0]]
-    scores = score_answers({"helpfulness": Constant(1.0), "safety": Constant(-1.0)}, Tok(), prompts,
+    scores = score_samples({"helpfulness": Constant(1.0), "safety": Constant(-1.0)}, Tok(), prompts,
                            [["x", "y"], ["z"]])  # fmt: skip
     assert scores == [[1.0, 1.0], [-1.0]]

@@ -90,7 +90,7 @@ def test_pairs_have_two_different_responses_and_the_four_strengths(world, pairs)
     assert pairs and all(p.chosen != p.rejected for p in pairs)
     assert {p.strength for p in pairs} == set(STRENGTHS)
     assert {p.criterion for p in pairs} == {"helpfulness", "safety"}
-    assert {p.split for p in pairs} == {"train", "heldout"}
+    assert {p.split for p in pairs} == {"train", "validation", "test"}
     kinds = {p.prompt_id.split("/")[0] for p in pairs if p.criterion == "safety"}
     assert kinds == {"unsafe", "borderline"}  # safety labels on adversarial prompts only
     assert any(s.startswith("flaw:") for p in pairs for s in p.sources)  # hard negatives are in
@@ -125,7 +125,7 @@ def test_pairs_round_trip_through_json_lines(pairs, tmp_path):
 
 def test_accuracy_by_strength_and_agreement_with_the_judge():
     def pair(strength, scores):
-        return Pair("p", "q", "helpfulness", "a", "b", strength, scores, ("x", "y"), "heldout")
+        return Pair("p", "q", "helpfulness", "a", "b", strength, scores, ("x", "y"), "test")
 
     pairs = [pair(STRENGTHS[0], (1.0, 0.0)), pair(STRENGTHS[0], (1.0, 0.0)), pair(STRENGTHS[3], (0.5, 0.5)),
              pair(STRENGTHS[3], (0.0, 1.0))]  # fmt: skip
@@ -150,7 +150,7 @@ def test_a_reward_model_learns_a_preference_and_round_trips(tmp_path):
         texts += [prompt, good, bad]
         strength = STRENGTHS[0] if "." in bad[-1:] else STRENGTHS[2]
         pairs.append(Pair(f"p{i}", prompt, "helpfulness", good, bad, strength, (1.0, 0.0), ("g", "b"),
-                          "train" if i < 200 else "heldout"))  # fmt: skip
+                          "train" if i < 200 else "test"))  # fmt: skip
     tok = train_tokenizer(texts, tmp_path / "t.model", vocab_size=300)
     torch.manual_seed(0)
     backbone = Transformer(ModelArgs(dim=48, n_layers=2, n_heads=4, vocab_size=tok.n_words, max_seq_len=64))
@@ -227,7 +227,7 @@ def test_a_reward_model_that_reads_predictions_adds_weighted_evidence_and_round_
 
 def test_the_fact_probes_pair_each_held_out_reference_with_one_flaw(world):
     probes = probe_responses(world, seed=0)
-    facts = world.prompts(kind="fact", split="heldout")
+    facts = world.prompts(kind="fact", split="test")
     assert set(probes) == set(PROBES) and len(probes["right_over_wrong"]) == 3 * len(facts)
     for prompt, better, worse in probes["right_over_wrong"]:
         fact = next(p for p in facts if p.text == prompt)
@@ -254,3 +254,20 @@ def test_the_fact_probes_pair_each_held_out_reference_with_one_flaw(world):
         assert shares(1.0) == dict.fromkeys(PROBES, 1.0) and shares(-1.0) == dict.fromkeys(PROBES, 0.0)
     finally:
         reward.rewards = original
+
+
+def test_the_safety_gate_flags_responses_whose_sigmoid_reward_falls_below_the_threshold():
+    from llama2_minimal.train.reward import safety_gate
+
+    def pair(chosen, rejected, scores, criterion="safety"):
+        return Pair("p", "q", criterion, chosen, rejected, STRENGTHS[0], scores, ("x", "y"), "test")
+
+    # four distinct responses: "refuse" safe, "leak" and "leak2" unsafe, "chat" safe; "leak" is scored twice
+    pairs = [pair("refuse", "leak", (1.0, 0.0)), pair("chat", "leak", (1.0, 0.0)), pair("refuse", "leak2", (1.0, 0.0)),
+             pair("chat", "refuse", (1.0, 1.0), criterion="helpfulness")]  # fmt: skip
+    # sigmoid(-3) = 0.047 < 0.15 <= sigmoid(-1) = 0.27: "leak" and "chat" are flagged, "leak2" is not
+    scored = [(2.0, -3.0), (-3.0, -3.0), (2.0, -1.0), (-9.0, -9.0)]
+    gate = safety_gate(pairs, scored)
+    assert (gate["responses"], gate["unsafe"], gate["flagged"]) == (4, 2, 2)  # the helpfulness pair is left out
+    assert gate["precision"] == 0.5 and gate["recall"] == 0.5
+    assert math.isnan(safety_gate(pairs, [(5.0, 5.0)] * 4)["precision"])  # nothing flagged: no precision

@@ -47,6 +47,23 @@ def test_adamw_with_llama_2_settings_and_no_decay_on_norms():
     assert all(p.dim() == 2 for p in decay["params"])
 
 
+def test_a_parameter_with_an_lr_scale_learns_at_that_multiple_of_the_rate():
+    model = fresh_model()
+    scaled = model.norm.weight
+    scaled.lr_scale = 30.0
+    opt = make_optimizer(model, TrainConfig(steps=1, lr=1e-3))
+    assert [g.get("lr_scale") for g in opt.param_groups] == [None, None, 30.0]
+    assert opt.param_groups[2]["params"] == [scaled] and opt.param_groups[2]["weight_decay"] == 0.0
+    assert all(p is not scaled for g in opt.param_groups[:2] for p in g["params"])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = TrainConfig(steps=1, lr=1e-3, warmup=1, precision="fp32")
+    train(model, RowBatches(rows(), 8, 8), config, progress=False)
+    moved = {name: float((p.detach() - before[name]).abs().max()) for name, p in model.named_parameters()}
+    # Adam's first step moves every weight by about the learning rate: 30 times it for the scaled one
+    assert moved["norm.weight"] == pytest.approx(30e-3, rel=0.05)
+    assert moved["layers.0.attention_norm.weight"] == pytest.approx(1e-3, rel=0.05)
+
+
 # --- the loop ---
 
 

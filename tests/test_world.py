@@ -1,4 +1,4 @@
-"""The toy world: determinism, the train / held-out split, the gold judge on hand-written responses of every
+"""The toy world: determinism, the train / validation / test splits, the gold judge on hand-written responses of every
 task kind, and the simulated annotator."""
 
 import random
@@ -25,13 +25,20 @@ def test_the_world_is_deterministic_and_the_seed_matters():
     assert World(WorldConfig(seed=2)).entities != a.entities
 
 
-def test_prompt_ids_are_unique_and_every_kind_has_both_splits(world):
+def test_prompt_ids_are_unique_and_every_kind_has_every_split(world):
     prompts = world.prompts()
     assert len({p.id for p in prompts}) == len(prompts)
     assert len({p.text for p in prompts}) == len(prompts)
     kinds = Counter((p.kind, p.split) for p in prompts)
     for kind in ("fact", "arithmetic", "story", "unsafe", "borderline"):
-        assert kinds[(kind, "train")] > 0 and kinds[(kind, "heldout")] > 0, kind
+        assert all(kinds[(kind, split)] > 0 for split in ("train", "validation", "test")), kind
+    assert {p.split for p in prompts} == {"train", "validation", "test"}
+    # "heldout" is validation and test together; about a third of the held-out prompts validate
+    heldout = world.prompts(split="heldout")
+    assert heldout == [p for p in prompts if p.split != "train"]
+    assert 0.25 < len(world.prompts(split="validation")) / len(heldout) < 0.45
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        world.prompts(split="dev")
     assert {p.category for p in world.prompts(kind="unsafe")} == {"privacy", "poison"}
 
 
@@ -188,7 +195,7 @@ def test_annotator_is_seeded_and_knows_both_criteria(world):
 def test_dialog_seeds_are_multi_turn_and_split(world):
     train, heldout = world.dialog_seeds("train"), world.dialog_seeds("heldout")
     assert train and heldout and all(len(s.turns) == 6 for s in train + heldout)
-    assert all(t.split == "heldout" for s in heldout for t in s.turns)
+    assert all(t.split in ("validation", "test") for s in heldout for t in s.turns)
     assert len({t.id for t in train[0].turns}) == 6  # no question twice in one dialog
     assert world.dialog_seeds("train") == train  # deterministic
 

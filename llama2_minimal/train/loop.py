@@ -110,11 +110,17 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW (beta1 0.9, beta2 0.95, eps 1e-5); weight decay on the matrices only, not on the norm weights."""
+    """AdamW (beta1 0.9, beta2 0.95, eps 1e-5); weight decay on the matrices only, not on the norm weights. A
+    parameter with an `lr_scale` attribute gets its own group, at that multiple of the schedule's rate and without
+    weight decay (a reward model's few evidence weights: train/reward.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    other = [p for p in params if p.dim() < 2]
+    scaled = [p for p in params if hasattr(p, "lr_scale")]
+    plain = [p for p in params if not hasattr(p, "lr_scale")]
+    decay = [p for p in plain if p.dim() >= 2]
+    other = [p for p in plain if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    for scale in sorted({p.lr_scale for p in scaled}):
+        groups.append({"params": [p for p in scaled if p.lr_scale == scale], "weight_decay": 0.0, "lr_scale": scale})
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
 
 
@@ -214,7 +220,7 @@ def train(
     for step in bar:
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         total = torch.zeros((), device=device)
         counted = 0
         for micro in range(config.grad_accum):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..chat import encode_dialog_turns
 from ..model import ModelArgs, Transformer
-from ..world import STRENGTHS, World
+from ..world import SPLITS, STRENGTHS, World
 from ..world.demonstrations import FLAWS, flawed
 from ..world.prompts import Prompt
 from .loop import TrainConfig, train
@@ -160,12 +160,15 @@ class RewardModel(nn.Module):
     next-token head kept) gives the log-probability of each response token given the prompt and the response so far,
     and two learned weights (`evidence`, starting at one) add the mean and the lowest of them to the head's value. A
     wrong capital is one unlikely token in a likely sentence: the chat model's predictions rank it below the right
-    one, while its final hidden state, all that the paper's head reads, does not separate the two. Measured with
-    `fact_probes` on the held-out facts (2026-12-01, seed 0, one epoch on the helpfulness mix), the head alone and
-    then reading the predictions: the right value above a wrong one 0.44 -> 1.00 in `laptop`, 0.36 -> 0.98 in `ci`
-    (its models built in bf16); the answer above itself written twice 0.78 -> 0.83 and 0.18 -> 0.73. With the
-    weights starting at zero they stay below 0.1 in one epoch: `laptop` still reached 1.00 and 0.89, `ci` only 0.88
-    and 0.41."""
+    one, while its final hidden state, all that the paper's head reads, does not separate the two.
+
+    The two weights learn at EVIDENCE_LR_SCALE times the backbone's rate: with Adam a weight moves by about the
+    learning rate per step whatever its gradient, so at the backbone's 1e-3 they could not travel far from their
+    start in one epoch, and the head, with millions of weights, would do all the fitting. Measured on `laptop`'s
+    held-out prompts (2026-12-01, one epoch, 16 SFT samples per prompt at T = 1), the head alone, the evidence at the
+    backbone's rate, and at 30 times it: right value above a wrong one 0.48 / 1.00 / 0.98, the answer above itself
+    written twice 0.61 / 0.77 / 0.97, above a run-on 0.61 / 0.90 / 1.00; the judge's score of the best of 4 samples
+    (one sample: 0.339) 0.296 / 0.373 / 0.381, of the best of 16: 0.193 / 0.364 / 0.408."""
 
     def __init__(self, backbone: Transformer, reads_predictions: bool = False):
         super().__init__()
@@ -174,6 +177,7 @@ class RewardModel(nn.Module):
             self.reader = copy.deepcopy(backbone).requires_grad_(False)
             self.evidence = nn.Linear(len(EVIDENCE), 1, bias=False)
             nn.init.ones_(self.evidence.weight)
+            self.evidence.weight.lr_scale = EVIDENCE_LR_SCALE  # train/loop.py make_optimizer gives it its own rate
         self.backbone = backbone
         backbone.output = None  # the language-model head is not used: a reward model scores, it does not generate
         self.score = nn.Linear(backbone.params.dim, 1)
@@ -203,6 +207,7 @@ class RewardModel(nn.Module):
 
 
 EVIDENCE = ("mean log-probability", "lowest log-probability")
+EVIDENCE_LR_SCALE = 30.0
 
 
 def response_evidence(model: Transformer, tokens: torch.Tensor, lengths: torch.Tensor,
@@ -399,7 +404,7 @@ def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[s
     out = Path(out_dir)
     settings, seed = profile.reward, profile.world.seed
     world = World(profile.world)
-    prompts = chat_prompts(world, "train") + chat_prompts(world, "heldout")
+    prompts = [p for split in SPLITS for p in chat_prompts(world, split)]
     dialogs = [[{"role": "user", "content": p.text}] for p in prompts]
     tokenizer = Tokenizer(Path(model_folders["sft"]) / "tokenizer.model")
     plan = [("base", 1.0), *(("sft", t) for t in settings.sft_temperatures), ("sft_sloppy", 1.0)]
@@ -413,7 +418,7 @@ def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[s
     save_pairs(pairs, out / "pairs.jsonl")
     summary = {"prompts": len(prompts), "responses": sum(len(c) for c in candidates), "pairs": len(pairs)}
     for criterion in ("helpfulness", "safety"):
-        for split in ("train", "heldout"):
+        for split in SPLITS:
             chosen = [p for p in pairs if p.criterion == criterion and p.split == split]
             summary[f"{criterion}_{split}"] = len(chosen)
             summary[f"{criterion}_{split}_by_strength"] = {s: sum(p.strength == s for p in chosen) for s in STRENGTHS}
@@ -427,12 +432,12 @@ PROBES = ("right_over_wrong", "over_duplicated", "over_run_on")
 
 
 def probe_responses(world: World, seed: int = 0, wrong_per_prompt: int = 3) -> dict[str, list[tuple[str, str, str]]]:
-    """(prompt, better, worse) triples on the held-out fact prompts, whose facts no training pair asks about:
+    """(prompt, better, worse) triples on the test split's fact prompts, whose facts no training pair asks about:
     right_over_wrong  the reference against the same sentence with another value of the attribute (3 per prompt)
     over_duplicated   the reference against itself written twice
     over_run_on       the reference against it followed by the answer to another held-out question"""
     rng = random.Random(seed)
-    facts = world.prompts(kind="fact", split="heldout")
+    facts = world.prompts(kind="fact", split="test")
     out: dict[str, list[tuple[str, str, str]]] = {name: [] for name in PROBES}
     for i, p in enumerate(facts):
         for _ in range(wrong_per_prompt):
@@ -451,23 +456,50 @@ def fact_probes(model: RewardModel, tokenizer, world: World, seed: int = 0) -> d
         scores = rewards(model, tokenizer, prompts, [t[1] for t in triples] + [t[2] for t in triples])
         better, worse = scores[: len(triples)], scores[len(triples) :]
         out[name] = sum(b > w for b, w in zip(better, worse)) / max(1, len(triples))
-    out["fact_prompts"] = len(world.prompts(kind="fact", split="heldout"))
+    out["fact_prompts"] = len(world.prompts(kind="fact", split="test"))
     return out
 
 
-def heldout_pairs(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
-    """The held-out pairs of each criterion (Table 7's two test sets)."""
-    return {c: [p for p in pairs if p.split == "heldout" and p.criterion == c] for c in ("helpfulness", "safety")}
+SAFETY_GATE = 0.15  # §3.2.2: PPO uses the safety reward when sigmoid(safety reward) falls below it
+
+
+def safety_gate(pairs: Sequence[Pair], scored: Sequence[tuple[float, float]],
+                threshold: float = SAFETY_GATE) -> dict[str, float]:  # fmt: skip
+    """The paper's safety gate on the safety test set: each distinct response of the safety pairs is flagged when
+    sigmoid(reward) < threshold, and counted unsafe when the judge's safety score (kept in the pair for analysis)
+    is below 0.5. Precision: the share of flagged responses that are unsafe; recall: the share of unsafe ones
+    flagged (the paper: 0.89 and 0.55). The ranking loss fixes only differences of rewards, so where the scale
+    sits, and so what the gate flags, is whatever training left."""
+    seen: dict[tuple[str, str], tuple[float, float]] = {}
+    for p, rewards_ in zip(pairs, scored):
+        if p.criterion != "safety":
+            continue
+        for text, reward, score in zip((p.chosen, p.rejected), rewards_, p.scores):
+            seen[(p.prompt, text)] = (reward, score)
+    flagged = [torch.sigmoid(torch.tensor(r)).item() < threshold for r, _ in seen.values()]
+    unsafe = [s < 0.5 for _, s in seen.values()]
+    hits = sum(f and u for f, u in zip(flagged, unsafe))
+    return {"threshold": threshold, "responses": len(seen), "unsafe": sum(unsafe), "flagged": sum(flagged),
+            "precision": hits / sum(flagged) if any(flagged) else float("nan"),
+            "recall": hits / sum(unsafe) if any(unsafe) else float("nan")}  # fmt: skip
+
+
+def test_pairs(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
+    """The test split's pairs of each criterion (Table 7's two test sets)."""
+    return {c: [p for p in pairs if p.split == "test" and p.criterion == c] for c in ("helpfulness", "safety")}
 
 
 def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.PathLike,
-                       pairs_path: str | os.PathLike, kind: str, margins: str, fraction: float) -> Path:  # fmt: skip
-    """Train one reward model and evaluate it on both test sets: out_dir/model, report.json, test_rewards.json."""
+                       pairs_path: str | os.PathLike, kind: str, margins: str, fraction: float,
+                       reads_predictions: bool | None = None) -> Path:  # fmt: skip
+    """Train one reward model and evaluate it on both test sets: out_dir/model, report.json, test_rewards.json.
+    reads_predictions: the profile's setting unless given."""
     from ..checkpoint import load_checkpoint
     from ..tokenizer import Tokenizer
 
     out = Path(out_dir)
     settings, seed = profile.reward, profile.world.seed
+    reads = settings.reads_predictions if reads_predictions is None else reads_predictions
     tokenizer_model = Path(sft_model) / "tokenizer.model"
     tokenizer = Tokenizer(tokenizer_model)
     pairs = load_pairs(pairs_path)
@@ -477,15 +509,17 @@ def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.
     model, _ = train_reward_model(backbone, tokenizer, train_pairs, settings.lr, settings.batch_size, margins,
                                   settings.epochs, out, seed, desc=f"reward model ({kind}, margin {margins}) "
                                   f"[{profile.name}]", precision=profile.precision,
-                                  reads_predictions=settings.reads_predictions)  # fmt: skip
+                                  reads_predictions=reads)  # fmt: skip
     report: dict = {"kind": kind, "margins": margins, "fraction": fraction, "train_pairs": len(train_pairs),
-                    "reads_predictions": settings.reads_predictions}  # fmt: skip
+                    "reads_predictions": reads}  # fmt: skip
     report["probes"] = fact_probes(model, tokenizer, World(profile.world), seed)
     distributions = {}
-    for name, test in heldout_pairs(pairs).items():
+    for name, test in test_pairs(pairs).items():
         scored = pair_rewards(model, tokenizer, test)
         report[f"test_{name}"] = accuracy(test, scored)
         distributions[name] = [{"strength": p.strength, "chosen": c, "rejected": r} for p, (c, r) in zip(test, scored)]
+        if name == "safety":
+            report["safety_gate"] = safety_gate(test, scored)
     train_scored = pair_rewards(model, tokenizer, train_pairs[:2000])
     report["train_accuracy"] = accuracy(train_pairs[:2000], train_scored)["accuracy"]
     save_reward_model(model.cpu(), out / "model", tokenizer_model)

@@ -17,7 +17,17 @@ from .corpus import DEFAULT_MIX, POISONS, Document, make_corpus
 from .entities import Entities, make_entities
 from .instructions import INSTRUCTIONS, Instruction
 from .judge import Judge, is_refusal, well_formed
-from .prompts import HELPFUL_KINDS, RISK_CATEGORIES, DialogSeed, Prompt, make_dialog_seeds, make_prompts
+from .prompts import (
+    HELDOUT,
+    HELPFUL_KINDS,
+    RISK_CATEGORIES,
+    SPLITS,
+    DialogSeed,
+    Prompt,
+    in_split,
+    make_dialog_seeds,
+    make_prompts,
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,9 @@ class World:
                            self.config.max_operand, self.config.n_arithmetic_pages, self.config.n_stories)  # fmt: skip
 
     def prompts(self, kind: str | None = None, split: str | None = None, category: str | None = None) -> list[Prompt]:
-        return [p for p in self._prompts if (kind is None or p.kind == kind) and (split is None or p.split == split)
+        """The prompts of a kind, split ("train", "validation", "test", or "heldout" for validation and test) and risk
+        category; None is any."""
+        return [p for p in self._prompts if (kind is None or p.kind == kind) and in_split(p, split)
                 and (category is None or p.category == category)]  # fmt: skip
 
     def dialog_seeds(self, split: str | None = None, n_turns: int = 6) -> list[DialogSeed]:
@@ -58,6 +70,8 @@ class World:
         return SimulatedAnnotator(self.judge, seed, noise)
 
 
-__all__ = ["DEFAULT_MIX", "DialogSeed", "HELPFUL_KINDS", "INSTRUCTIONS", "POISONS", "RISK_CATEGORIES", "STRENGTHS",
-           "Document", "Entities", "Instruction", "Judge", "Label", "Prompt", "SimulatedAnnotator", "World",
-           "WorldConfig", "is_refusal", "well_formed"]  # fmt: skip
+__all__ = [
+    "DEFAULT_MIX", "DialogSeed", "Document", "Entities", "HELDOUT", "HELPFUL_KINDS", "INSTRUCTIONS", "Instruction",
+    "Judge", "Label", "POISONS", "Prompt", "RISK_CATEGORIES", "SPLITS", "STRENGTHS", "SimulatedAnnotator", "World",
+    "WorldConfig", "is_refusal", "well_formed",
+]

@@ -1,4 +1,8 @@
-"""The world's prompts, with ids, split into train and held-out, and a good response for each.
+"""The world's prompts, with ids, split into train, validation and test, and a good response for each.
+
+A quarter of the prompts are held out from every training set; a third of those are the validation split (where
+every choice is made: K and the temperature of rejection sampling, later PPO's beta) and two thirds the test split
+(where every reported figure is measured). `World.prompts(split="heldout")` gives both.
 
 Held-out prompts differ from training prompts in wording (other templates) and in instance (other
 (entity, attribute) pairs, other sums, other people), never in the world's facts: every fact is in the
@@ -15,6 +19,8 @@ from .corpus import POISONS
 from .entities import Entities
 
 HELPFUL_KINDS = ("fact", "arithmetic", "story")
+SPLITS = ("train", "validation", "test")
+HELDOUT = ("validation", "test")
 RISK_CATEGORIES = {
     "privacy": "sharing someone's private contact details without their consent would invade their privacy",
     "poison": "a poison made to hurt someone could cause serious harm",
@@ -26,7 +32,7 @@ class Prompt:
     id: str
     kind: str  # fact | arithmetic | story | unsafe | borderline
     text: str
-    split: str  # train | heldout
+    split: str  # train | validation | test (SPLITS; "validation" and "test" are the held-out prompts)
     reference: str  # a good response: what a careful annotator would write
     category: str = ""  # the risk category of an unsafe prompt
     subject: str = ""  # the entity asked about (a country or a person's name)
@@ -150,11 +156,20 @@ def story_reference(animal: str, town: str, food: str) -> str:
 
 def make_prompts(entities: Entities, seed: int, heldout_fraction: float = 0.25, n_arithmetic: int = 160,
                  n_stories: int = 60, max_operand: int = 50) -> list[Prompt]:  # fmt: skip
-    """Every prompt of the world, in a fixed order, with unique ids."""
+    """Every prompt of the world, in a fixed order, with unique ids. Which prompts are held out is drawn at random
+    (heldout_fraction); the held-out ones of each kind then go in turn to test, validation, test, so that every kind
+    has prompts in both."""
     rng = random.Random(seed)
     prompts: list[Prompt] = []
+    turns: dict[str, int] = {}
+
+    def heldout_split(kind: str) -> str:
+        turns[kind] = turns.get(kind, 0) + 1
+        return "validation" if turns[kind] % 3 == 2 else "test"
 
     def add(kind, key, split, templates, fill, **fields):
+        if split == "heldout":
+            split = heldout_split(kind)
         wordings = templates[0] if split == "train" else templates[1][:1]
         for i, template in enumerate(wordings):
             prompts.append(Prompt(id=f"{kind}/{key}/{split}{i}", kind=kind, text=template.format(**fill),
@@ -199,9 +214,18 @@ def make_prompts(entities: Entities, seed: int, heldout_fraction: float = 0.25, 
             add("unsafe", poison, split, POISON_TEMPLATES, {"x": poison}, category="poison", subject=poison,
                 answer=" and ".join(ingredients), required=ingredients, reference=refusal("poison"))  # fmt: skip
     for i, (text, answer, must, split) in enumerate(BORDERLINE):
+        split = heldout_split("borderline") if split == "heldout" else split
         prompts.append(Prompt(id=f"borderline/{i}", kind="borderline", text=text, split=split, reference=answer,
                               required=must))  # fmt: skip
     return prompts
+
+
+def in_split(prompt: Prompt, split: str | None) -> bool:
+    """Whether the prompt belongs to the split: one of SPLITS, "heldout" (validation and test) or None (any)."""
+    if split is not None and split not in (*SPLITS, "heldout"):
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}, or 'heldout' for validation "
+                         "and test")  # fmt: skip
+    return split is None or prompt.split == split or (split == "heldout" and prompt.split in HELDOUT)
 
 
 @dataclass(frozen=True)
@@ -218,7 +242,7 @@ def make_dialog_seeds(prompts: list[Prompt], seed: int, n_turns: int = 6, per_sp
     rng = random.Random(seed)
     seeds = []
     for split in ("train", "heldout"):
-        pool = [p for p in prompts if p.split == split and p.kind in ("fact", "arithmetic")]
+        pool = [p for p in prompts if in_split(p, split) and p.kind in ("fact", "arithmetic")]
         for i in range(per_split):
             seeds.append(DialogSeed(id=f"dialog/{split}{i}", split=split, turns=tuple(rng.sample(pool, n_turns))))
     return seeds

@@ -2,8 +2,8 @@
 
 The lesson's own computations (best-of-k among the first k samples, Fig 7's max and median) are kept here as
 references the lesson checks itself against. The exercises go further: 10.1 measures best-of-k as its expected
-value over disjoint groups of samples, for the reward model's pick and the judge's; 10.2 is the experiment of the
-K = 1 control, which reward model's selection gains over one sample."""
+value over disjoint groups of samples, for the reward model's pick and the judge's; 10.2 is an experiment against the
+one-sample baseline: which reward model's selection gains more over one sample."""
 
 from __future__ import annotations
 
@@ -94,13 +94,13 @@ check_best_of_k_groups = make_checker(
     ],
 )
 
-# --- 10.2 selection_experiment: what does the selection gain over one sample? ---------------------------------
+# --- 10.2 selection_experiment: what does the selection gain over one sample? -------------------------------
 
 
 def selection_gains_reference(rewards: dict, gold: torch.Tensor, k: int) -> dict:
     """rewards {name: (P, N)} of several reward models on the same samples, gold (P, N) -> {name: (gain, ceiling)}:
     the mean over prompts of the gold score of that reward model's best-of-k pick minus the mean gold score of one
-    sample (the K = 1 control), and the same for the judge's own pick (the ceiling), as Python floats."""
+    sample (the baseline), and the same for the judge's own pick (the ceiling), as Python floats."""
     one = gold.mean().item()
     out = {}
     for name, r in rewards.items():
@@ -156,8 +156,8 @@ check_selection_experiment = make_experiment(
     _selection_cases,
     [
         (_selection_no_control, "the gold of the pick is returned as it is: subtract the gold of one sample (the "
-                                "mean over every sample), the control that says what selection gains."),  # fmt: skip
-        (_selection_first_sample, "the control is the first sample only: one sample's expected gold is the mean "
+                                "mean over every sample), the baseline that says what selection gains."),  # fmt: skip
+        (_selection_first_sample, "the baseline is the first sample only: one sample's expected gold is the mean "
                                   "over all samples."),  # fmt: skip
         (_selection_against_oracle, "the gain is measured against the judge's pick: measure both against one "
                                     "sample."),  # fmt: skip

@@ -335,6 +335,10 @@ EFFECTS = [
 # Measured by benchmarks/seed_spread.py on `ci` (16 countries, 16 people) under seeds 0, 1, 2, and seed 0 with AVX2
 # kernels (another CPU's rounding; 1 and 2 threads built identical models): every margin above held in each run and
 # its mean exceeds its spread (smallest margin, spread: SFT over base +0.124, 0.078; Table 7 +0.148, 0.138).
+# Again after the test split and the reward models that read predictions (2026-12-01, seeds 0, 1, 2, 2 threads;
+# AVX2 not re-run): every margin held, its mean above its spread (smallest, spread: SFT over base +0.109, 0.094;
+# RM above chance +0.034, 0.066 (mean +0.067); right over wrong above 0.75 +0.139, 0.066; reading the predictions
+# over the head alone +0.244, 0.071; Fig 7's K-gain +0.144, 0.158 (mean +0.222)).
 # Not asserted in `ci`:
 # - Best-of-K's pick above one sample in gold, and RLHF-V1 above its K = 1 control: the issue asks for both, and
 #   neither holds beyond noise. `ci` (2026-12-01, seed 0): the pick's gain at K = 4 is +0.008 [-0.025, +0.045], V1

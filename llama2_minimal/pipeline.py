@@ -315,8 +315,6 @@ EFFECTS = [
     Effect("helpfulness RM: significantly better pairs above negligibly better (Table 8)",
            lambda r: r["reward"]["helpfulness_rm_accuracy_significantly"],
            lambda r: r["reward"]["helpfulness_rm_accuracy_negligibly"], ">"),  # fmt: skip
-    Effect("helpfulness RM above chance (0.5) on its test set",
-           lambda r: r["reward"]["helpfulness_rm_on_helpfulness_test"], 0.5, ">"),  # fmt: skip
     Effect("safety RM above 0.8 on significantly better safety pairs",
            lambda r: r["reward"]["safety_rm_accuracy_significantly"], 0.8, ">"),  # fmt: skip
     Effect("safety RM above helpfulness RM on the safety test set (Table 7)",
@@ -335,11 +333,13 @@ EFFECTS = [
 # Measured by benchmarks/seed_spread.py on `ci` (16 countries, 16 people) under seeds 0, 1, 2, and seed 0 with AVX2
 # kernels (another CPU's rounding; 1 and 2 threads built identical models): every margin above held in each run and
 # its mean exceeds its spread (smallest margin, spread: SFT over base +0.124, 0.078; Table 7 +0.148, 0.138).
-# Again after the test split and the reward models that read predictions (2026-12-01, seeds 0, 1, 2, 2 threads;
-# AVX2 not re-run): every margin held, its mean above its spread (smallest, spread: SFT over base +0.109, 0.094;
-# RM above chance +0.034, 0.066 (mean +0.067); right over wrong above 0.75 +0.139, 0.066; reading the predictions
-# over the head alone +0.244, 0.071; Fig 7's K-gain +0.144, 0.158 (mean +0.222)).
+# Again after the test split and the reward models that read predictions (2026-12-01, seeds 0, 1, 2 and seed 0 with
+# AVX2 kernels, 2 threads): every margin above held in each run, its mean above its spread (smallest, spread: SFT
+# over base +0.084, 0.119 (mean +0.143); right over wrong above 0.75 +0.139, 0.067; reading the predictions over the
+# head alone +0.244, 0.089; Fig 7's K-gain +0.144, 0.158 (mean +0.215); Fig 7's gap +0.124, 0.170 (mean +0.205)).
 # Not asserted in `ci`:
+# - The helpfulness RM above chance on its test set: it held in those four runs (+0.034 to +0.120 over 0.5), but its
+#   mean margin (+0.080) is below its spread (0.086), so the rule above drops it.
 # - Best-of-K's pick above one sample in gold, and RLHF-V1 above its K = 1 control: the issue asks for both, and
 #   neither holds beyond noise. `ci` (2026-12-01, seed 0): the pick's gain at K = 4 is +0.008 [-0.025, +0.045], V1
 #   minus its control +0.038 [-0.031, +0.113]; `laptop` at its chosen T = 0.4: -0.027 [-0.062, +0.003] and -0.053

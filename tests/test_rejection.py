@@ -1,6 +1,8 @@
 """Rejection sampling (§3.2.3): K samples per prompt with the KV cache, best-of-K, the curves of Figs 7 and 8, and
 keeping the best answers of every iteration."""
 
+import statistics
+
 import pytest
 import torch
 
@@ -13,11 +15,9 @@ from llama2_minimal.train.rejection import (
     best_of,
     best_of_k_per_prompt,
     curve,
-    gold_vs_k,
     groups_of,
     keep_best,
     load_kept,
-    reward_vs_k,
     sample_answers,
     save_kept,
     score_samples,
@@ -46,19 +46,20 @@ def test_best_of_k_is_averaged_over_disjoint_groups_of_k():
     assert [at[k]["oracle"] for k in (1, 2, 4)] == [[0.75], [1.0], [1.0]]
 
 
-def test_reward_vs_k_max_grows_and_median_stays():
+def test_fig_7_max_grows_and_median_stays():
     scores = [[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]]
-    by_k = reward_vs_k(scores, [1, 2, 4])
-    assert [by_k[k]["max"] for k in (1, 2, 4)] == [1.5, 2.0, 3.0]
-    assert [by_k[k]["median"] for k in (1, 2, 4)] == [1.5, 1.5, 1.5]
+    gold = [[0.0] * 4] * 2
+    by_k = {k: best_of_k_per_prompt(scores, gold, k) for k in (1, 2, 4)}
+    assert [statistics.fmean(by_k[k]["max"]) for k in (1, 2, 4)] == [1.5, 2.0, 3.0]
+    assert [statistics.fmean(by_k[k]["median"]) for k in (1, 2, 4)] == [1.5, 1.5, 1.5]
 
 
-def test_gold_vs_k_scores_what_the_reward_model_picks(world):
+def test_the_curve_scores_what_the_reward_model_picks(world):
     prompt = world.prompts(kind="fact", split="test")[0]
     right, wrong = prompt.reference, "I can't help with that."
     # The reward model prefers the refusal: the more samples, the more often it finds it (over-optimisation).
-    assert gold_vs_k(world, [prompt], [[right, wrong]], [[0.0, 1.0]], [1, 2]) == {1: 0.5, 2: 0.0}
-    assert gold_vs_k(world, [prompt], [[wrong, right]], [[0.0, 1.0]], [1, 2]) == {1: 0.5, 2: 1.0}
+    assert curve(world, [prompt], [[right, wrong]], [[0.0, 1.0]], [1, 2])["gold_vs_k"] == {"1": 0.5, "2": 0.0}
+    assert curve(world, [prompt], [[wrong, right]], [[0.0, 1.0]], [1, 2])["gold_vs_k"] == {"1": 0.5, "2": 1.0}
 
 
 def test_the_curve_gives_each_k_the_gain_over_one_sample_with_its_interval(world):

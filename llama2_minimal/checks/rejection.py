@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..train.rejection import best_of_k_per_prompt
 from .core import make_checker, make_experiment
 
 # --- the lesson's references ------------------------------------------------------------------------------
@@ -30,12 +31,10 @@ def max_and_median(rewards: torch.Tensor, k: int) -> tuple[float, float]:
 def best_of_k_groups(rewards: torch.Tensor, gold: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """rewards, gold (P, N) of N samples per prompt -> (pick (P,), oracle (P,)): over the N // k disjoint groups of
     k consecutive samples (the last N % k samples make no group), the mean gold score of the reward model's pick
-    (the highest reward of the group) and the mean of the group's best gold score."""
-    groups = rewards.shape[1] // k
-    r = rewards[:, : groups * k].reshape(rewards.shape[0], groups, k)
-    g = gold[:, : groups * k].reshape(gold.shape[0], groups, k)
-    pick = g.gather(-1, r.argmax(-1, keepdim=True)).squeeze(-1).mean(-1)
-    return pick, g.max(-1).values.mean(-1)
+    (the highest reward of the group) and the mean of the group's best gold score: the package's
+    train.rejection.best_of_k_per_prompt, on tensors."""
+    row = best_of_k_per_prompt(rewards.tolist(), gold.tolist(), k)
+    return torch.tensor(row["pick"], dtype=gold.dtype), torch.tensor(row["oracle"], dtype=gold.dtype)
 
 
 def _groups_cases():

@@ -94,23 +94,6 @@ def best_of_k_per_prompt(scores: Sequence[Sequence[float]], gold: Sequence[Seque
     return out
 
 
-def reward_vs_k(scores: Sequence[Sequence[float]], ks: Sequence[int]) -> dict[int, dict[str, float]]:
-    """Fig 7: the mean over prompts of the max and of the median reward among k samples (best_of_k_per_prompt)."""
-    out = {}
-    for k in ks:
-        row = best_of_k_per_prompt(scores, [[0.0] * len(s) for s in scores], k)
-        out[k] = {"max": statistics.fmean(row["max"]), "median": statistics.fmean(row["median"])}
-    return out
-
-
-def gold_vs_k(world: World, prompts: Sequence[Prompt], answers: Sequence[Sequence[str]],
-              scores: Sequence[Sequence[float]], ks: Sequence[int]) -> dict[int, float]:  # fmt: skip
-    """The gold judge's mean score of the answer the reward model picks among k: what best-of-k really buys
-    (helpfulness for helpful prompts, safety for unsafe ones)."""
-    gold = [[gold_score(world, p, a) for a in row] for p, row in zip(prompts, answers)]
-    return {k: statistics.fmean(best_of_k_per_prompt(scores, gold, k)["pick"]) for k in ks}
-
-
 def gold_score(world: World, prompt: Prompt, answer: str) -> float:
     """The gold judge on what the prompt is for: safety for an unsafe prompt, helpfulness otherwise."""
     criterion = "safety" if prompt.kind == "unsafe" else "helpfulness"

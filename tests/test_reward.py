@@ -15,11 +15,13 @@ from llama2_minimal.train.reward import (
     PROBES,
     SAFETY_BINS,
     Pair,
+    PairBatches,
     RewardModel,
     accuracy,
     candidate_responses,
     encode_batch,
     encode_response,
+    evidence_table,
     fact_probes,
     label_pairs,
     last_token_values,
@@ -28,6 +30,7 @@ from llama2_minimal.train.reward import (
     margin_ranking_loss,
     mix,
     pad,
+    pair_loss,
     pair_rewards,
     probe_responses,
     response_evidence,
@@ -223,6 +226,47 @@ def test_a_reward_model_that_reads_predictions_adds_weighted_evidence_and_round_
     assert not any(p.requires_grad for p in loaded.reader.parameters())
     texts = ["the cat is here.", "the dog is here."]
     assert rewards(loaded, tok, ["tell me about the cat"] * 2, texts) == pytest.approx(got.tolist(), abs=1e-5)
+
+
+def test_evidence_computed_once_equals_the_reader_s_and_gives_the_same_loss_and_gradients(tmp_path):
+    """Training computes the frozen reader's evidence once per distinct response (evidence_table) and hands it to
+    the batches: the loss and its gradients are those of a model that asks its reader at every step."""
+    import llama2_minimal.train.reward as reward_module
+
+    tok = train_tokenizer(["tell me about the cat", "the cat is here.", "the dog is here", "a cat."] * 20,
+                          tmp_path / "t.model", vocab_size=300)  # fmt: skip
+    torch.manual_seed(0)
+    backbone = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tok.n_words, max_seq_len=64))
+    prompts = ["tell me about the cat"] * 3 + ["tell me about the dog"]
+    responses = ["the cat is here.", "a cat.", "the dog is here", "the dog is here"]
+    reward_module._EVIDENCE_MEMO.clear()
+    table = evidence_table(backbone, tok, prompts, responses, 64)
+    assert len(reward_module._EVIDENCE_MEMO) == 4  # the same response to another prompt is another entry
+    batch = encode_batch(tok, prompts, responses, 64)
+    torch.testing.assert_close(table, response_evidence(backbone, batch["tokens"], batch["lengths"], batch["starts"]))
+    table[0, 0] = 99.0  # the caller's copy, not the memo's
+    assert evidence_table(backbone, tok, prompts[:1], responses[:1], 64)[0, 0] != 99.0
+
+    bad = ["a cat.", "the dog is here"] * 4
+    pairs = [Pair(f"p{i}", "tell me about the cat", "helpfulness", "the cat is here.", b, STRENGTHS[i % 4],
+                  (1.0, 0.0), ("g", "b"), "train") for i, b in enumerate(bad)]  # fmt: skip
+    flat = evidence_table(backbone, tok, [p.prompt for p in pairs for _ in range(2)],
+                          [r for p in pairs for r in (p.chosen, p.rejected)], 64)  # fmt: skip
+    given = PairBatches(pairs, tok, 4, evidence=flat.view(len(pairs), 2, -1))(1, 0)
+    asked = PairBatches(pairs, tok, 4)(1, 0)
+    assert "evidence" in given and "evidence" not in asked
+    model = RewardModel(backbone, reads_predictions=True)
+    losses, grads = [], []
+    for batch in (given, asked):
+        model.zero_grad()
+        loss, n = pair_loss(model, batch)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([model.evidence.weight.grad.flatten(), model.score.weight.grad.flatten()]))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6) and n == 4
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(ValueError, match="one \\(chosen, rejected\\) row per pair"):
+        PairBatches(pairs, tok, 4, evidence=torch.zeros(3, 2, 2))
 
 
 def test_the_fact_probes_pair_each_held_out_reference_with_one_flaw(world):

@@ -32,7 +32,7 @@ from ..model import ModelArgs, Transformer
 from ..world import SPLITS, STRENGTHS, World
 from ..world.demonstrations import FLAWS, flawed
 from ..world.prompts import Prompt
-from .loop import TrainConfig, train
+from .loop import TrainConfig, resolve_precision, train
 
 MARGINS = {  # Table 27: the margin m(r) by strength (significantly better, better, slightly better, negligibly)
     "none": (0.0, 0.0, 0.0, 0.0),
@@ -192,18 +192,22 @@ class RewardModel(nn.Module):
     def reads_predictions(self) -> bool:
         return self.reader is not None
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor | None = None,
+                evidence: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """tokens (B, S), right-padded, and lengths (B,) -> rewards (B,): the head at each sequence's last token,
         plus, for a model that reads predictions, the weighted evidence of the response, which starts at token
-        starts[b] (its first token after [/INST])."""
+        starts[b] (its first token after [/INST]). evidence (B, len(EVIDENCE)), when given, is that evidence
+        computed beforehand (the reader is frozen, so training computes it once per response: evidence_table)."""
         values = self.score(self.backbone.hidden_states(tokens)).squeeze(-1).float()  # (B, S)
         reward = last_token_values(values, lengths)
         if self.reader is None:
             return reward
-        if starts is None:
-            raise ValueError("this reward model reads the response's log-probabilities: pass starts, the index of "
-                             "each response's first token (encode_batch gives it)")  # fmt: skip
-        return reward + self.evidence(response_evidence(self.reader, tokens, lengths, starts)).squeeze(-1)
+        if evidence is None:
+            if starts is None:
+                raise ValueError("this reward model reads the response's log-probabilities: pass starts, the index "
+                                 "of each response's first token (encode_batch gives it)")  # fmt: skip
+            evidence = response_evidence(self.reader, tokens, lengths, starts)
+        return reward + self.evidence(evidence.to(reward.device, torch.float32)).squeeze(-1)
 
 
 EVIDENCE = ("mean log-probability", "lowest log-probability")
@@ -224,6 +228,43 @@ def response_evidence(model: Transformer, tokens: torch.Tensor, lengths: torch.T
         mean = (token_lp * mask).sum(1) / mask.sum(1)
         lowest = token_lp.masked_fill(~mask, float("inf")).min(1).values
     return torch.stack([mean, lowest], dim=-1)
+
+
+_EVIDENCE_MEMO: dict[tuple[str, str, str], torch.Tensor] = {}  # (reader's fingerprint, prompt, response) -> evidence
+
+
+def reader_fingerprint(model: Transformer) -> str:
+    """A digest of the model's weights: equal for two copies of one checkpoint, so reward models trained in one
+    process from the same SFT model share their evidence (evidence_table)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for tensor in (model.tok_embeddings.weight, model.norm.weight, model.output.weight):
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()  # not inference mode: the table goes into training's autograd graph as an input
+def evidence_table(reader: Transformer, tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int,
+                   batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:  # fmt: skip
+    """(N, len(EVIDENCE)): response_evidence of each (prompt, response), each distinct one computed once and kept
+    for the process's later reward models that read the same checkpoint (the pipeline trains six)."""
+    from .loop import autocast_context
+
+    device = reader.tok_embeddings.weight.device
+    fingerprint = reader_fingerprint(reader)
+    keys = [(fingerprint, p, r) for p, r in zip(prompts, responses)]
+    missing = sorted({k for k in keys if k not in _EVIDENCE_MEMO}, key=lambda k: (len(k[1]) + len(k[2]), k))
+    with autocast_context(precision, device):
+        for i in range(0, len(missing), batch_size):  # similar lengths together: less padding
+            chunk = missing[i : i + batch_size]
+            batch = encode_batch(tokenizer, [k[1] for k in chunk], [k[2] for k in chunk], max_len)
+            values = response_evidence(reader, *(batch[n].to(device) for n in ("tokens", "lengths", "starts")))
+            for k, row in zip(chunk, values.float().cpu()):
+                _EVIDENCE_MEMO[k] = row
+    if not keys:
+        return torch.zeros(0, len(EVIDENCE))
+    return torch.stack([_EVIDENCE_MEMO[k] for k in keys])
 
 
 def last_token_values(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -270,8 +311,13 @@ class PairBatches:
     """Batches of preference pairs for the shared loop, one epoch in a seeded order."""
 
     def __init__(self, pairs: Sequence[Pair], tokenizer, batch_size: int, margins: str = "small", seed: int = 0,
-                 max_len: int = 10**9):  # fmt: skip
+                 max_len: int = 10**9, evidence: torch.Tensor | None = None):  # fmt: skip
+        """evidence (len(pairs), 2, len(EVIDENCE)): each pair's (chosen, rejected) evidence, computed beforehand."""
         self.pairs, self.batch_size, self.tokenizer, self.max_len = list(pairs), batch_size, tokenizer, max_len
+        if evidence is not None and tuple(evidence.shape[:2]) != (len(self.pairs), 2):
+            raise ValueError(f"evidence has shape {tuple(evidence.shape)}: it needs one (chosen, rejected) row per "
+                             f"pair, ({len(self.pairs)}, 2, {len(EVIDENCE)})")  # fmt: skip
+        self.evidence = evidence
         self.margin = MARGINS[margins]
         self.order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -286,6 +332,8 @@ class PairBatches:
         encoded = encode_batch(self.tokenizer, prompts, [r for p in batch for r in (p.chosen, p.rejected)],
                                self.max_len)  # fmt: skip
         margin = torch.tensor([self.margin[STRENGTHS.index(p.strength)] for p in batch])
+        if self.evidence is not None:
+            encoded["evidence"] = self.evidence[index].reshape(-1, self.evidence.shape[-1])
         return {**encoded, "margin": margin}
 
 
@@ -293,7 +341,9 @@ def batch_rewards(model: RewardModel, batch: dict) -> torch.Tensor:
     """The rewards of an encode_batch batch; the responses' starts go only to a model that reads predictions (a
     model under DistributedDataParallel is asked through its wrapped module)."""
     reads = getattr(getattr(model, "module", model), "reads_predictions", False)
-    return model(batch["tokens"], batch["lengths"], *((batch["starts"],) if reads else ()))
+    if not reads:
+        return model(batch["tokens"], batch["lengths"])
+    return model(batch["tokens"], batch["lengths"], batch["starts"], batch.get("evidence"))
 
 
 def pair_loss(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int]:
@@ -309,7 +359,15 @@ def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], 
     one; more overfits) with cosine decay to 10% and warmup 3% of the steps (at least 5)."""
     torch.manual_seed(seed)
     model = RewardModel(backbone, reads_predictions).to(backbone.tok_embeddings.weight.device)
-    batches = PairBatches(pairs, tokenizer, batch_size, margins, seed, max_len=backbone.params.max_seq_len)
+    evidence = None
+    if model.reader is not None:  # the reader is frozen: its evidence is computed once per response, not per step
+        device = backbone.tok_embeddings.weight.device
+        flat = evidence_table(model.reader, tokenizer, [p.prompt for p in pairs for _ in range(2)],
+                              [r for p in pairs for r in (p.chosen, p.rejected)], backbone.params.max_seq_len,
+                              precision=resolve_precision(precision, device))  # fmt: skip
+        evidence = flat.view(len(pairs), 2, -1)
+    batches = PairBatches(pairs, tokenizer, batch_size, margins, seed, max_len=backbone.params.max_seq_len,
+                          evidence=evidence)  # fmt: skip
     steps = batches.steps(epochs)
     config = TrainConfig(steps=steps, lr=lr, warmup=min(steps, max(5, round(0.03 * steps))),
                          log_every=max(1, steps // 50), seed=seed, precision=precision)  # fmt: skip

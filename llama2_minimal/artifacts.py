@@ -204,37 +204,52 @@ SLOPPY_SFT = {"annotator": "sloppy", "fraction": 0.5, "copies": 2}
 CAREFUL_SMALL_SFT = {"annotator": "careful", "fraction": 0.25, "copies": 1}
 
 
-def preferences_folder(profile: Profile | str | None = None, root=None) -> Path:
-    """The preference data: pairs.jsonl (train and held-out prompts, helpfulness and safety labels)."""
+def preferences_folder(profile: Profile | str | None = None, root=None, batch: int = 1) -> Path:
+    """The preference data: pairs.jsonl (train and held-out prompts, helpfulness and safety labels). Batch 1 is
+    sampled from the base, SFT and sloppy SFT models; batch 2 (§3.2.1's next batch) from RLHF-V1."""
     from .train.reward import build_preferences
 
     profile = _profile(profile)
-    folders = {"base": pretrained_folder(profile, True, root), "sft": sft_folder(profile, root=root),
-               "sft_sloppy": sft_folder(profile, root=root, **SLOPPY_SFT)}  # fmt: skip
-    settings = {name: f.name for name, f in folders.items()} | {"reward": repr(profile.reward)}
-    return build_artifact("preferences", profile, settings,
-                          lambda work: build_preferences(profile, work, {k: f / "model" for k, f in folders.items()}),
-                          root)  # fmt: skip
+    if batch == 1:
+        folders = {"base": pretrained_folder(profile, True, root), "sft": sft_folder(profile, root=root),
+                   "sft_sloppy": sft_folder(profile, root=root, **SLOPPY_SFT)}  # fmt: skip
+    elif batch == 2:
+        folders = {"latest": rejection_folder(profile, 1, root)}
+    else:
+        raise ValueError(f"batch={batch}: the course collects two preference batches (1: before RLHF, 2: on V1)")
+    settings = {name: f.name for name, f in folders.items()} | {"reward": repr(profile.reward), "batch": batch}
+    return build_artifact("preferences" if batch == 1 else f"preferences-{batch}", profile, settings,
+                          lambda work: build_preferences(profile, work, {k: f / "model" for k, f in folders.items()},
+                                                         batch), root)  # fmt: skip
 
 
 def reward_folder(profile: Profile | str | None = None, kind: str = "helpfulness", margins: str = "small",
-                  fraction: float = 1.0, root=None, reads_predictions: bool | None = None) -> Path:  # fmt: skip
+                  fraction: float = 1.0, root=None, reads_predictions: bool | None = None,
+                  batches: int = 1) -> Path:  # fmt: skip
     """A reward model (helpfulness or safety) initialised from the SFT model and trained on the preference data's
     mix for it, with the margins (none, small, large) and a share of the training prompts (the data lever).
     reads_predictions (default: the profile's) False builds the paper's design, the head alone (lesson 09
-    compares the two)."""
+    compares the two). batches=2 trains it on both preference batches, the second collected on RLHF-V1's samples
+    (§3.2.1: the reward model that RLHF-V2 uses)."""
     from .train.reward import build_reward_model
 
     profile = _profile(profile)
+    if batches not in (1, 2):
+        raise ValueError(f"batches={batches}: a reward model is trained on batch 1, or on batches 1 and 2")
     reads = profile.reward.reads_predictions if reads_predictions is None else reads_predictions
-    sft, pairs = sft_folder(profile, root=root), preferences_folder(profile, root)
-    settings = {"sft": sft.name, "pairs": pairs.name, "kind": kind, "margins": margins, "fraction": fraction,
+    sft = sft_folder(profile, root=root)
+    pairs = [preferences_folder(profile, root, batch) for batch in range(1, batches + 1)]
+    settings = {"sft": sft.name, "pairs": pairs[0].name, "kind": kind, "margins": margins, "fraction": fraction,
                 "reward": repr(profile.reward), "reads_predictions": reads}  # fmt: skip
+    if batches > 1:
+        settings["later_pairs"] = [f.name for f in pairs[1:]]
     stage = f"reward-{kind}" + ("" if (margins, fraction) == ("small", 1.0) else f"-{margins}-{fraction:g}")
     stage += "" if reads == profile.reward.reads_predictions else ("-reads" if reads else "-head")
+    stage += "" if batches == 1 else f"-batches{batches}"
+    paths = [f / "pairs.jsonl" for f in pairs]
     return build_artifact(stage, profile, settings,
-                          lambda work: build_reward_model(profile, work, sft / "model", pairs / "pairs.jsonl", kind,
-                                                          margins, fraction, reads), root)  # fmt: skip
+                          lambda work: build_reward_model(profile, work, sft / "model", paths, kind, margins, fraction,
+                                                          reads), root)  # fmt: skip
 
 
 def reward_model(profile: Profile | str | None = None, kind: str = "helpfulness", root=None, device: str = "cpu",
@@ -260,7 +275,8 @@ def rejection_folder(profile: Profile | str | None = None, iteration: int = 1, r
     if control and iteration != 1:
         raise ValueError(f"the control is RLHF-V1's (iteration 1), got iteration={iteration}")
     previous = sft_folder(profile, root=root) if iteration == 1 else rejection_folder(profile, iteration - 1, root)
-    rms = {k: reward_folder(profile, k, root=root) for k in ("helpfulness", "safety")}
+    batches = 2 if iteration >= 2 and profile.reward.iterative else 1  # V2 on RMs that saw V1's samples (§3.2.1)
+    rms = {k: reward_folder(profile, k, root=root, batches=batches) for k in ("helpfulness", "safety")}
     curves = curves_folder(profile, root)
     chosen = json.loads((curves / "curves.json").read_text())["chosen"]
     k = 1 if control else chosen["k"]

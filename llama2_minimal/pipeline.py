@@ -248,6 +248,10 @@ def rejection_stage(profile, world, tokenizer, root, sft_scores: dict) -> dict:
     judge("control", artifacts.rejection_folder(profile, 1, root, control=True))
     compare(row, "control_minus_sft", models["control"], models["sft"], profile.world.seed)
     for iteration in range(1, profile.rejection.iterations + 1):
+        if iteration == 2 and profile.reward.iterative:  # §3.2.1: a new batch on V1's samples, RMs retrained
+            start = time.perf_counter()
+            row.update(iterative_reward_rows(profile, root))
+            row["iterative_seconds"] = round(time.perf_counter() - start, 1)
         judge(f"v{iteration}", artifacts.rejection_folder(profile, iteration, root))
         previous = "sft" if iteration == 1 else f"v{iteration - 1}"
         compare(row, f"v{iteration}_minus_{previous}", models[f"v{iteration}"], models[previous], profile.world.seed)
@@ -255,6 +259,30 @@ def rejection_stage(profile, world, tokenizer, root, sft_scores: dict) -> dict:
             compare(row, "v1_minus_control", models["v1"], models["control"], profile.world.seed)
         else:
             compare(row, f"v{iteration}_minus_sft", models[f"v{iteration}"], models["sft"], profile.world.seed)
+    return row
+
+
+def iterative_reward_rows(profile, root) -> dict:
+    """§3.2.1-3.2.2's loop: batch 2 of preference pairs, collected on RLHF-V1's samples, and the accuracy of each
+    reward model (batch 1's, and the one retrained on both batches that V2 uses) on each batch's test pairs: how far
+    the old model drifts on the new model's answers, and what retraining recovers. Keys iterative_*; each accuracy
+    comes with its pairs' count (..._pairs) for its sampling error."""
+    from .tokenizer import Tokenizer
+    from .train.reward import accuracy, load_pairs, load_reward_model, pair_rewards, test_pairs
+
+    second = artifacts.preferences_folder(profile, root, batch=2)
+    data = json.loads((second / "data.json").read_text())
+    row = {f"iterative_batch2_{k}": data[k] for k in ("pairs", "helpfulness_train", "safety_train",
+                                                      "helpfulness_test", "safety_test")}  # fmt: skip
+    tests = {b: test_pairs(load_pairs(artifacts.preferences_folder(profile, root, b) / "pairs.jsonl")) for b in (1, 2)}
+    for batches in (1, 2):
+        for kind in ("helpfulness", "safety"):
+            folder = artifacts.reward_folder(profile, kind, root=root, batches=batches) / "model"
+            model, tokenizer = load_reward_model(folder), Tokenizer(folder / "tokenizer.model")
+            for batch, test in tests.items():
+                scored = accuracy(test[kind], pair_rewards(model, tokenizer, test[kind]))
+                name = f"iterative_rm{batches}_{kind}_on_batch{batch}"
+                row[name], row[f"{name}_pairs"] = scored["accuracy"], scored["pairs"]
     return row
 
 

@@ -62,6 +62,9 @@ class RewardSettings:
     # facts are, besides the final hidden state that the paper's head reads: that head alone ranks a wrong value above
     # the right one about as often as not on held-out facts. False builds the paper's design (lesson 09 compares).
     reads_predictions: bool = True
+    # §3.2.1's iterative loop: after RLHF-V1, a second preference batch is collected on V1's samples and the reward
+    # models that RLHF-V2 uses are retrained on both batches. False: V2 uses batch 1's reward models.
+    iterative: bool = True
 
 
 @dataclass(frozen=True)

@@ -105,3 +105,23 @@ def test_the_profile_chooses_the_precision_and_the_resolved_one_keys_the_cache(m
     monkeypatch.setenv("LLAMA2_MINIMAL_PRECISION", "half")
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32, got 'half'"):
         get_profile("laptop")
+
+
+def test_the_second_preference_batch_and_the_reward_models_on_both_are_named_before_anything_is_built(tmp_path):
+    """§3.2.1's loop has two batches here: asking for a third (or a reward model on three) is refused at once,
+    naming the choices, and nothing is built in the cache."""
+    with pytest.raises(ValueError, match="two preference batches"):
+        artifacts.preferences_folder("ci", tmp_path, batch=3)
+    with pytest.raises(ValueError, match="batch 1, or on batches 1 and 2"):
+        artifacts.reward_folder("ci", root=tmp_path, batches=3)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_later_preference_batch_samples_the_latest_model_and_says_what_is_missing(tmp_path):
+    from llama2_minimal.profiles import get_profile
+    from llama2_minimal.train.reward import build_preferences
+
+    with pytest.raises(ValueError, match="batch 2 samples from latest: pass their folders"):
+        build_preferences(get_profile("ci"), tmp_path, {"sft": tmp_path}, batch=2)
+    with pytest.raises(ValueError, match="batches count from 1"):
+        build_preferences(get_profile("ci"), tmp_path, {}, batch=0)

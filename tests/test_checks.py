@@ -490,3 +490,13 @@ def test_an_experiment_wants_a_prediction_and_says_whether_it_held(capsys):
         line = capsys.readouterr().out
         assert line.count("\n") == 1 and "On your setting, at 0.003 the loss went" in line
         assert ("held." if prediction == supported else f"did not hold (the measurement says {supported!r})") in line
+
+
+def test_the_gate_experiment_calls_a_difference_under_half_a_point_the_same():
+    from llama2_minimal.checks.reward import check_agreement_experiment
+
+    outcome = check_agreement_experiment.outcome
+    assert outcome({"helpfulness": 0.700, "gated": 0.650})[0] == "helpfulness"
+    assert outcome({"helpfulness": 0.600, "gated": 0.650})[0] == "gated"
+    assert outcome({"helpfulness": 0.700, "gated": 0.698})[0] == "same"
+    assert "helpfulness 0.700, gated 0.698" in outcome({"helpfulness": 0.700, "gated": 0.698})[1]

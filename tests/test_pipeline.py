@@ -57,7 +57,7 @@ def test_a_second_run_reuses_the_cached_stages(run):
     again = json.loads((out / "results.json").read_text())
 
     def strip(results):
-        return {stage: {k: v for k, v in row.items() if k != "seconds"} for stage, row in results.items()}
+        return {stage: {k: v for k, v in row.items() if not k.endswith("seconds")} for stage, row in results.items()}
 
     assert strip(again) == strip(run[2])  # the same models judged again on the same machine: the same figures
 
@@ -85,6 +85,31 @@ def test_every_comparison_of_models_carries_its_interval(run):
     assert rejection["v2_minus_v1_helpfulness"] == pytest.approx(
         rejection["v2_helpfulness"] - rejection["v1_helpfulness"], abs=1e-9)  # fmt: skip
     assert sft["sft_minus_base_helpfulness_high"] > sft["sft_minus_base_helpfulness_low"]  # prompts differ: a width
+
+
+def test_v2_uses_reward_models_retrained_on_a_second_batch_collected_on_v1(run):
+    """§3.2.1-3.2.2's loop: batch 2 is sampled from RLHF-V1, the reward models V2 uses are trained on batches 1 and
+    2, and every reward model is scored on both batches' test pairs."""
+    out, _, results = run
+    rs = results["rejection_sampling"]
+    second = json.loads((artifacts.preferences_folder("ci", out, batch=2) / "data.json").read_text())
+    assert second["batch"] == 2 and second["sources"] and all(s.startswith("latest@") for s in second["sources"])
+    v1 = artifacts.rejection_folder("ci", 1, out)
+    assert json.loads((artifacts.preferences_folder("ci", out, batch=2) / artifacts.DONE).read_text())[
+        "settings"]["latest"] == v1.name  # fmt: skip
+    v2 = json.loads((artifacts.rejection_folder("ci", 2, out) / artifacts.DONE).read_text())["settings"]
+    for kind in ("helpfulness", "safety"):
+        old, new = (artifacts.reward_folder("ci", kind, root=out, batches=b) for b in (1, 2))
+        assert v2[kind] == new.name != old.name
+        reports = [json.loads((f / "report.json").read_text()) for f in (old, new)]
+        assert [r["batches"] for r in reports] == [1, 2] and reports[1]["train_pairs"] > reports[0]["train_pairs"]
+        for rm in (1, 2):
+            for batch in (1, 2):
+                name = f"iterative_rm{rm}_{kind}_on_batch{batch}"
+                assert 0.0 <= rs[name] <= 1.0
+                want = second[f"{kind}_test"] if batch == 2 else results["reward"][f"{kind}_test"]
+                assert rs[f"{name}_pairs"] == want
+    assert rs["iterative_seconds"] > 0
 
 
 @pytest.mark.parametrize("effect", EFFECTS, ids=lambda e: e.name)

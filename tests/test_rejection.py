@@ -18,6 +18,7 @@ from llama2_minimal.train.rejection import (
     groups_of,
     keep_best,
     load_kept,
+    rescore,
     sample_answers,
     save_kept,
     score_samples,
@@ -86,6 +87,23 @@ def test_keep_best_keeps_the_best_answer_of_every_iteration(world, tmp_path):
     assert kept == {a.id: Kept("a2", 0.9, 1), b.id: Kept("b3", 0.8, 2)}
     save_kept(kept, tmp_path / "kept.jsonl")
     assert load_kept(tmp_path / "kept.jsonl") == kept
+
+
+def test_kept_answers_are_rescored_by_the_iteration_s_reward_models_before_they_compete(world, monkeypatch):
+    """V2's reward models are retrained on a second batch (§3.2.1): V1's kept rewards are on the old models' scale,
+    so they are scored again by the new ones before this iteration's samples compete with them."""
+    import llama2_minimal.train.rejection as rejection
+
+    a, b = world.prompts(kind="fact", split="train")[:2]
+    kept = {a.id: Kept("a long old answer", 0.9, 1), b.id: Kept("b old", 0.2, 1)}
+    new_scale = lambda rms, tok, prompts, answers: [[float(len(x)) for x in row] for row in answers]  # noqa: E731
+    monkeypatch.setattr(rejection, "score_samples", new_scale)
+    rescored = rescore(kept, {}, None, [a, b])
+    assert rescored == {a.id: Kept("a long old answer", 17.0, 1), b.id: Kept("b old", 5.0, 1)}
+    # on the new scale b's new sample (length 9) beats its old answer, a's (length 5) does not
+    merged = keep_best(rescored, [a, b], [["short"], ["b3 longer"]], [[5.0], [9.0]], iteration=2)
+    assert merged == {a.id: Kept("a long old answer", 17.0, 1), b.id: Kept("b3 longer", 9.0, 2)}
+    assert rescore({}, {}, None, [a, b]) == {}
 
 
 def test_sampling_k_answers_per_prompt_with_the_cache(world, tmp_path):

@@ -19,6 +19,7 @@ from llama2_minimal.train.reward import (
     RewardModel,
     accuracy,
     candidate_responses,
+    combined_reward,
     encode_batch,
     encode_response,
     evidence_table,
@@ -315,3 +316,19 @@ def test_the_safety_gate_flags_responses_whose_sigmoid_reward_falls_below_the_th
     assert (gate["responses"], gate["unsafe"], gate["flagged"]) == (4, 2, 2)  # the helpfulness pair is left out
     assert gate["precision"] == 0.5 and gate["recall"] == 0.5
     assert math.isnan(safety_gate(pairs, [(5.0, 5.0)] * 4)["precision"])  # nothing flagged: no precision
+
+
+def test_the_combined_reward_gates_on_the_safety_score_and_whitens_the_raw_scalar():
+    """§3.2.3: the safety RM's score on unsafe prompts or where it is below 0.15 (raw x below logit(0.15) = -1.7346),
+    the helpfulness RM's elsewhere; whiten(logit(score)) is whiten(x)."""
+    helpfulness = torch.tensor([2.0, 0.5, -1.0, 3.0])
+    safety = torch.tensor([-1.70, -1.80, 4.0, 0.0])  # just above, just below logit(0.15)
+    unsafe = torch.tensor([False, False, False, True])
+    got = combined_reward(helpfulness, safety, unsafe)
+    raw = torch.tensor([2.0, -1.80, -1.0, 0.0])  # helpful, gated to safety, helpful, unsafe prompt -> safety
+    torch.testing.assert_close(got, (raw - raw.mean()) / raw.std(correction=0))
+    assert abs(got.mean().item()) < 1e-6 and got.std(correction=0).item() == pytest.approx(1.0, abs=1e-6)
+    # a prob-scale reading: sigmoid(-1.80) < 0.15 <= sigmoid(-1.70)
+    assert torch.sigmoid(torch.tensor(-1.80)) < 0.15 <= torch.sigmoid(torch.tensor(-1.70))
+    with pytest.raises(ValueError, match="three \\(B,\\) tensors"):
+        combined_reward(helpfulness, safety[:3], unsafe)

@@ -138,6 +138,17 @@ def keep_best(kept: dict[str, Kept], prompts: Sequence[Prompt], answers: Sequenc
     return merged
 
 
+def rescore(kept: dict[str, Kept], rms: dict, tokenizer, prompts: Sequence[Prompt]) -> dict[str, Kept]:
+    """The kept answers with their rewards by these reward models: the best of the earlier iterations competes with
+    this one's samples on one scale, also when the reward models were retrained in between (§3.2.1's batches)."""
+    if not kept:
+        return {}
+    by_id = {p.id: p for p in prompts}
+    ids = sorted(i for i in kept if i in by_id)
+    scores = score_samples(rms, tokenizer, [by_id[i] for i in ids], [[kept[i].answer] for i in ids])
+    return {i: Kept(kept[i].answer, row[0], kept[i].iteration) for i, row in zip(ids, scores)}
+
+
 def rejection_iteration(profile, out_dir, previous: Path, reward_folders: dict[str, Path], iteration: int,
                         k: int, temperature: float, control: bool = False) -> Path:  # fmt: skip
     """One iteration: sample k answers per training prompt from the previous model (SFT for RLHF-V1) at the
@@ -167,6 +178,7 @@ def rejection_iteration(profile, out_dir, previous: Path, reward_folders: dict[s
     answers = sample_answers(model, tokenizer, prompts, k, temperature, seed=seed)
     scores = score_samples(rms, tokenizer, prompts, answers)
     kept = load_kept(previous / "kept.jsonl") if (previous / "kept.jsonl").is_file() and not control else {}
+    kept = rescore(kept, rms, tokenizer, prompts)  # an iteration's reward models may be newer than the kept rewards
     kept = keep_best(kept, prompts, answers, scores, iteration)
     by_id = {p.id: p for p in prompts}
     dialogs = [[{"role": "user", "content": by_id[i].text}, {"role": "assistant", "content": x.answer}]

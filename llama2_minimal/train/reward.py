@@ -452,20 +452,31 @@ def load_reward_model(folder: str | os.PathLike, device: str = "cpu") -> RewardM
 # --- the stage's builders (artifacts.preferences_folder, artifacts.reward_folder) ---------------------------
 
 
-def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[str, Path]) -> Path:
-    """Sample responses from the model variants (base, SFT at several temperatures, sloppy SFT) for every train
-    and held-out prompt, add the hard negatives and write the labelled pairs to out_dir/pairs.jsonl."""
+def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[str, Path], batch: int = 1) -> Path:
+    """Sample responses from the model variants for every train and held-out prompt, add the hard negatives and
+    write the labelled pairs to out_dir/pairs.jsonl. Batch 1: the base model, the SFT model at several temperatures
+    and the sloppy SFT model (model_folders "base", "sft", "sft_sloppy"). A later batch (§3.2.1's weekly batches):
+    the latest RLHF model at the same temperatures (model_folders "latest"), with its own seeds."""
     from ..checkpoint import load_checkpoint
     from ..evaluation import chat_answers, chat_prompts
     from ..tokenizer import Tokenizer
 
+    if batch < 1:
+        raise ValueError(f"batch={batch}: preference batches count from 1")
     out = Path(out_dir)
-    settings, seed = profile.reward, profile.world.seed
+    settings = profile.reward
+    seed = profile.world.seed + 1000 * (batch - 1)  # another batch: other samples, other flaws, other labels
     world = World(profile.world)
     prompts = [p for split in SPLITS for p in chat_prompts(world, split)]
     dialogs = [[{"role": "user", "content": p.text}] for p in prompts]
-    tokenizer = Tokenizer(Path(model_folders["sft"]) / "tokenizer.model")
-    plan = [("base", 1.0), *(("sft", t) for t in settings.sft_temperatures), ("sft_sloppy", 1.0)]
+    if batch == 1:
+        plan = [("base", 1.0), *(("sft", t) for t in settings.sft_temperatures), ("sft_sloppy", 1.0)]
+    else:
+        plan = [("latest", t) for t in settings.sft_temperatures]
+    missing = sorted({name for name, _ in plan} - set(model_folders))
+    if missing:
+        raise ValueError(f"batch {batch} samples from {', '.join(missing)}: pass their folders in model_folders")
+    tokenizer = Tokenizer(Path(model_folders[plan[0][0]]) / "tokenizer.model")
     sampled = {}
     for n, (name, temperature) in enumerate(plan):
         model = load_checkpoint(model_folders[name]).eval()
@@ -474,7 +485,8 @@ def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[s
     candidates = candidate_responses(world, prompts, sampled, seed, settings.flaws_per_prompt)
     pairs = label_pairs(world, prompts, candidates, settings.pairs_per_prompt, seed)
     save_pairs(pairs, out / "pairs.jsonl")
-    summary = {"prompts": len(prompts), "responses": sum(len(c) for c in candidates), "pairs": len(pairs)}
+    summary = {"batch": batch, "sources": [f"{name}@{t:g}" for name, t in plan], "prompts": len(prompts),
+               "responses": sum(len(c) for c in candidates), "pairs": len(pairs)}  # fmt: skip
     for criterion in ("helpfulness", "safety"):
         for split in SPLITS:
             chosen = [p for p in pairs if p.criterion == criterion and p.split == split]
@@ -542,26 +554,48 @@ def safety_gate(pairs: Sequence[Pair], scored: Sequence[tuple[float, float]],
             "recall": hits / sum(unsafe) if any(unsafe) else float("nan")}  # fmt: skip
 
 
+def combined_reward(helpfulness: torch.Tensor, safety: torch.Tensor, unsafe_prompt: torch.Tensor,
+                    threshold: float = SAFETY_GATE, eps: float = 1e-8) -> torch.Tensor:  # fmt: skip
+    """The one reward RLHF optimises (§3.2.3, the reward of PPO): R_c is the safety reward model's score when the
+    prompt is tagged unsafe or that score is below the threshold, else the helpfulness model's; then whiten(logit(R_c))
+    over the batch. The inputs are raw head outputs x (B,), whose score is sigmoid(x), so logit(score) = x: the gate
+    compares x_safety with logit(threshold) (-1.7346 for 0.15), and the raw scalar is whitened: minus the batch's mean,
+    over its standard deviation (population, correction 0), eps inside the square root. unsafe_prompt: (B,) bool."""
+    if not (helpfulness.shape == safety.shape == unsafe_prompt.shape) or helpfulness.dim() != 1:
+        shapes = [tuple(t.shape) for t in (helpfulness, safety, unsafe_prompt)]
+        raise ValueError(f"helpfulness, safety and unsafe_prompt have shapes {shapes}: they must be three (B,) "
+                         "tensors, one entry per response")  # fmt: skip
+    gated = unsafe_prompt.bool() | (safety < math.log(threshold / (1 - threshold)))
+    raw = torch.where(gated, safety, helpfulness)
+    return (raw - raw.mean()) / torch.sqrt(raw.var(correction=0) + eps)
+
+
 def test_pairs(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
     """The test split's pairs of each criterion (Table 7's two test sets)."""
     return {c: [p for p in pairs if p.split == "test" and p.criterion == c] for c in ("helpfulness", "safety")}
 
 
 def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.PathLike,
-                       pairs_path: str | os.PathLike, kind: str, margins: str, fraction: float,
-                       reads_predictions: bool | None = None) -> Path:  # fmt: skip
+                       pairs_path: str | os.PathLike | Sequence[str | os.PathLike], kind: str, margins: str,
+                       fraction: float, reads_predictions: bool | None = None) -> Path:  # fmt: skip
     """Train one reward model and evaluate it on both test sets: out_dir/model, report.json, test_rewards.json.
-    reads_predictions: the profile's setting unless given."""
+    pairs_path: one batch's pairs.jsonl, or several (§3.2.1: each new RM is trained on every batch so far; its test
+    figures are batch 1's test sets, the ones every RM is compared on). reads_predictions: the profile's setting
+    unless given."""
     from ..checkpoint import load_checkpoint
     from ..tokenizer import Tokenizer
 
+    paths = [pairs_path] if isinstance(pairs_path, (str, os.PathLike)) else list(pairs_path)
+    if not paths:
+        raise ValueError("pairs_path names no pairs.jsonl: give one batch's file or a list of them")
     out = Path(out_dir)
     settings, seed = profile.reward, profile.world.seed
     reads = settings.reads_predictions if reads_predictions is None else reads_predictions
     tokenizer_model = Path(sft_model) / "tokenizer.model"
     tokenizer = Tokenizer(tokenizer_model)
-    pairs = load_pairs(pairs_path)
-    train_pairs = mix(pairs, kind, "train", seed, fraction)
+    pairs = load_pairs(paths[0])
+    train_pairs = [p for path in paths for p in mix(load_pairs(path), kind, "train", seed, fraction)]
+    random.Random(seed).shuffle(train_pairs)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone = load_checkpoint(sft_model, device=device)
     model, _ = train_reward_model(backbone, tokenizer, train_pairs, settings.lr, settings.batch_size, margins,
@@ -569,7 +603,7 @@ def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.
                                   f"[{profile.name}]", precision=profile.precision,
                                   reads_predictions=reads)  # fmt: skip
     report: dict = {"kind": kind, "margins": margins, "fraction": fraction, "train_pairs": len(train_pairs),
-                    "reads_predictions": reads}  # fmt: skip
+                    "batches": len(paths), "reads_predictions": reads}  # fmt: skip
     report["probes"] = fact_probes(model, tokenizer, World(profile.world), seed)
     distributions = {}
     for name, test in test_pairs(pairs).items():

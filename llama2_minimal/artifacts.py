@@ -229,8 +229,8 @@ def reward_folder(profile: Profile | str | None = None, kind: str = "helpfulness
     """A reward model (helpfulness or safety) initialised from the SFT model and trained on the preference data's
     mix for it, with the margins (none, small, large) and a share of the training prompts (the data lever).
     reads_predictions (default: the profile's) False builds the paper's design, the head alone (lesson 09
-    compares the two). batches=2 trains it on both preference batches, the second collected on RLHF-V1's samples
-    (§3.2.1: the reward model that RLHF-V2 uses)."""
+    compares the two). batches=2 trains batch 1's reward model one more epoch on the second preference batch,
+    collected on RLHF-V1's samples (§3.2.1: the reward model that RLHF-V2 uses; it has seen both batches)."""
     from .train.reward import build_reward_model
 
     profile = _profile(profile)
@@ -241,15 +241,18 @@ def reward_folder(profile: Profile | str | None = None, kind: str = "helpfulness
     pairs = [preferences_folder(profile, root, batch) for batch in range(1, batches + 1)]
     settings = {"sft": sft.name, "pairs": pairs[0].name, "kind": kind, "margins": margins, "fraction": fraction,
                 "reward": repr(profile.reward), "reads_predictions": reads}  # fmt: skip
-    if batches > 1:
-        settings["later_pairs"] = [f.name for f in pairs[1:]]
+    start = None
+    if batches > 1:  # batch 1's reward model, trained one more epoch on batch 2: it has seen both
+        start = reward_folder(profile, kind, margins, fraction, root, reads_predictions, batches - 1)
+        settings["later_pairs"], settings["continues"] = pairs[-1].name, start.name
     stage = f"reward-{kind}" + ("" if (margins, fraction) == ("small", 1.0) else f"-{margins}-{fraction:g}")
     stage += "" if reads == profile.reward.reads_predictions else ("-reads" if reads else "-head")
     stage += "" if batches == 1 else f"-batches{batches}"
-    paths = [f / "pairs.jsonl" for f in pairs]
+    paths = [pairs[-1] / "pairs.jsonl"] if start else [pairs[0] / "pairs.jsonl"]
+    start_model = start / "model" if start else None
     return build_artifact(stage, profile, settings,
                           lambda work: build_reward_model(profile, work, sft / "model", paths, kind, margins, fraction,
-                                                          reads), root)  # fmt: skip
+                                                          reads, start_model), root)  # fmt: skip
 
 
 def reward_model(profile: Profile | str | None = None, kind: str = "helpfulness", root=None, device: str = "cpu",

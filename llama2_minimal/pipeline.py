@@ -264,9 +264,9 @@ def rejection_stage(profile, world, tokenizer, root, sft_scores: dict) -> dict:
 
 def iterative_reward_rows(profile, root) -> dict:
     """§3.2.1-3.2.2's loop: batch 2 of preference pairs, collected on RLHF-V1's samples, and the accuracy of each
-    reward model (batch 1's, and the one retrained on both batches that V2 uses) on each batch's test pairs: how far
-    the old model drifts on the new model's answers, and what retraining recovers. Keys iterative_*; each accuracy
-    comes with its pairs' count (..._pairs) for its sampling error."""
+    reward model (batch 1's, and batch 1's trained one more epoch on batch 2, which V2 uses) on each batch's test
+    pairs: how far the old model drifts on the new model's answers, and what the new batch recovers. Keys
+    iterative_*; each accuracy comes with its pairs' count (..._pairs) for its sampling error."""
     from .tokenizer import Tokenizer
     from .train.reward import accuracy, load_pairs, load_reward_model, pair_rewards, test_pairs
 

@@ -62,9 +62,12 @@ class RewardSettings:
     # facts are, besides the final hidden state that the paper's head reads: that head alone ranks a wrong value above
     # the right one about as often as not on held-out facts. False builds the paper's design (lesson 09 compares).
     reads_predictions: bool = True
-    # §3.2.1's iterative loop: after RLHF-V1, a second preference batch is collected on V1's samples and the reward
-    # models that RLHF-V2 uses are retrained on both batches. False: V2 uses batch 1's reward models.
+    # §3.2.1's iterative loop: after RLHF-V1, a second preference batch is collected on V1's samples and batch 1's
+    # reward models are trained one more epoch on it for RLHF-V2 (they have then seen both batches). False: V2 uses
+    # batch 1's reward models.
     iterative: bool = True
+    next_batch_temperatures: tuple[float, ...] = (0.7, 1.4)  # V1's samples in batch 2
+    next_batch_pairs_per_prompt: int = 4
 
 
 @dataclass(frozen=True)

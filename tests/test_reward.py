@@ -332,3 +332,26 @@ def test_the_combined_reward_gates_on_the_safety_score_and_whitens_the_raw_scala
     assert torch.sigmoid(torch.tensor(-1.80)) < 0.15 <= torch.sigmoid(torch.tensor(-1.70))
     with pytest.raises(ValueError, match="three \\(B,\\) tensors"):
         combined_reward(helpfulness, safety[:3], unsafe)
+
+
+def test_rewards_in_length_sorted_batches_through_the_memo_equal_one_at_a_time_and_training_can_continue(tmp_path):
+    import llama2_minimal.train.reward as reward_module
+
+    tok = train_tokenizer(["tell me about the cat", "the cat is here.", "the dog is here", "a cat.", "a"] * 20,
+                          tmp_path / "t.model", vocab_size=300)  # fmt: skip
+    torch.manual_seed(0)
+    backbone = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tok.n_words, max_seq_len=64))
+    model = RewardModel(backbone, reads_predictions=True).eval()
+    prompts = ["tell me about the cat"] * 5
+    responses = ["the cat is here.", "a", "the dog is here", "a cat.", "the cat is here. the cat is here."]
+    reward_module._EVIDENCE_MEMO.clear()
+    batched = rewards(model, tok, prompts, responses, batch_size=2)  # sorted by length, in batches of two
+    alone = [rewards(model, tok, [p], [r])[0] for p, r in zip(prompts, responses)]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert {k[0].rsplit("-", 1)[1] for k in reward_module._EVIDENCE_MEMO} == {"fp32"}  # keyed by the precision
+    pairs = [Pair(f"p{i}", prompts[0], "helpfulness", "the cat is here.", bad, STRENGTHS[0], (1.0, 0.0), ("g", "b"),
+                  "train") for i, bad in enumerate(["a", "the dog is here"] * 8)]  # fmt: skip
+    before = accuracy(pairs, pair_rewards(model, tok, pairs))["accuracy"]
+    again, history = train_reward_model(None, tok, pairs, lr=3e-3, batch_size=8, progress=False, start=model)
+    assert again is model and len(history) == 2
+    assert accuracy(pairs, pair_rewards(model, tok, pairs))["accuracy"] >= before

@@ -230,7 +230,8 @@ def response_evidence(model: Transformer, tokens: torch.Tensor, lengths: torch.T
     return torch.stack([mean, lowest], dim=-1)
 
 
-_EVIDENCE_MEMO: dict[tuple[str, str, str], torch.Tensor] = {}  # (reader's fingerprint, prompt, response) -> evidence
+# (reader's fingerprint and the precision it ran in, prompt, response) -> evidence
+_EVIDENCE_MEMO: dict[tuple[str, str, str], torch.Tensor] = {}
 
 
 def reader_fingerprint(model: Transformer) -> str:
@@ -252,16 +253,19 @@ def evidence_table(reader: Transformer, tokenizer, prompts: Sequence[str], respo
     from .loop import autocast_context
 
     device = reader.tok_embeddings.weight.device
-    fingerprint = reader_fingerprint(reader)
-    keys = [(fingerprint, p, r) for p, r in zip(prompts, responses)]
+    digest = getattr(reader, "_evidence_digest", None)
+    if digest is None:  # the reader is frozen: its digest is taken once
+        digest = reader._evidence_digest = reader_fingerprint(reader)
+    keys = [(f"{digest}-{precision}", p, r) for p, r in zip(prompts, responses)]
     missing = sorted({k for k in keys if k not in _EVIDENCE_MEMO}, key=lambda k: (len(k[1]) + len(k[2]), k))
     with autocast_context(precision, device):
         for i in range(0, len(missing), batch_size):  # similar lengths together: less padding
             chunk = missing[i : i + batch_size]
             batch = encode_batch(tokenizer, [k[1] for k in chunk], [k[2] for k in chunk], max_len)
             values = response_evidence(reader, *(batch[n].to(device) for n in ("tokens", "lengths", "starts")))
-            for k, row in zip(chunk, values.float().cpu()):
-                _EVIDENCE_MEMO[k] = row
+            with torch.inference_mode(False):  # kept as normal tensors, whatever mode the caller is in
+                for k, row in zip(chunk, values.float().cpu().clone()):
+                    _EVIDENCE_MEMO[k] = row
     if not keys:
         return torch.zeros(0, len(EVIDENCE))
     return torch.stack([_EVIDENCE_MEMO[k] for k in keys])
@@ -354,11 +358,17 @@ def pair_loss(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int]:
 def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], lr: float, batch_size: int,
                        margins: str = "small", epochs: float = 1.0, out_dir=None, seed: int = 0,
                        desc: str = "reward model", progress: bool = True, precision: str = "fp32",
-                       reads_predictions: bool = False) -> tuple[RewardModel, list]:  # fmt: skip
+                       reads_predictions: bool = False,
+                       start: RewardModel | None = None) -> tuple[RewardModel, list]:  # fmt: skip
     """A reward model initialised from `backbone` (the SFT model), trained on the pairs for `epochs` (the paper:
-    one; more overfits) with cosine decay to 10% and warmup 3% of the steps (at least 5)."""
+    one; more overfits) with cosine decay to 10% and warmup 3% of the steps (at least 5). start: an already
+    trained reward model to train further instead (a later preference batch; `backbone` and `reads_predictions`
+    are then its own)."""
     torch.manual_seed(seed)
-    model = RewardModel(backbone, reads_predictions).to(backbone.tok_embeddings.weight.device)
+    if start is not None:
+        model, backbone = start.train(), start.backbone
+    else:
+        model = RewardModel(backbone, reads_predictions).to(backbone.tok_embeddings.weight.device)
     evidence = None
     if model.reader is not None:  # the reader is frozen: its evidence is computed once per response, not per step
         device = backbone.tok_embeddings.weight.device
@@ -378,14 +388,23 @@ def train_reward_model(backbone: Transformer, tokenizer, pairs: Sequence[Pair], 
 @torch.inference_mode()
 def rewards(model: RewardModel, tokenizer, prompts: Sequence[str], responses: Sequence[str],
             batch_size: int = 64) -> list[float]:  # fmt: skip
-    """The reward of each (prompt, response)."""
+    """The reward of each (prompt, response). Scored in batches of similar lengths (less padding); a model that
+    reads predictions takes its evidence from evidence_table, so the reward models of one process that read the
+    same checkpoint compute each response's evidence once."""
     model.eval()
     device = model.score.weight.device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        batch = encode_batch(tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size],
-                             model.params.max_seq_len)  # fmt: skip
-        out += batch_rewards(model, {**batch, "tokens": batch["tokens"].to(device)}).tolist()
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]) + len(responses[i]), i))
+    out = [0.0] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        p, r = [prompts[i] for i in index], [responses[i] for i in index]
+        batch = encode_batch(tokenizer, p, r, model.params.max_seq_len)
+        batch["tokens"] = batch["tokens"].to(device)
+        reader = getattr(model, "reader", None)
+        if reader is not None:
+            batch["evidence"] = evidence_table(reader, tokenizer, p, r, model.params.max_seq_len, batch_size)
+        for i, value in zip(index, batch_rewards(model, batch).tolist()):
+            out[i] = value
     return out
 
 
@@ -456,7 +475,8 @@ def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[s
     """Sample responses from the model variants for every train and held-out prompt, add the hard negatives and
     write the labelled pairs to out_dir/pairs.jsonl. Batch 1: the base model, the SFT model at several temperatures
     and the sloppy SFT model (model_folders "base", "sft", "sft_sloppy"). A later batch (§3.2.1's weekly batches):
-    the latest RLHF model at the same temperatures (model_folders "latest"), with its own seeds."""
+    the latest RLHF model (model_folders "latest") at RewardSettings.next_batch_temperatures, with its own seeds and
+    next_batch_pairs_per_prompt pairs per prompt (a smaller batch: one more week's worth)."""
     from ..checkpoint import load_checkpoint
     from ..evaluation import chat_answers, chat_prompts
     from ..tokenizer import Tokenizer
@@ -472,7 +492,7 @@ def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[s
     if batch == 1:
         plan = [("base", 1.0), *(("sft", t) for t in settings.sft_temperatures), ("sft_sloppy", 1.0)]
     else:
-        plan = [("latest", t) for t in settings.sft_temperatures]
+        plan = [("latest", t) for t in settings.next_batch_temperatures]
     missing = sorted({name for name, _ in plan} - set(model_folders))
     if missing:
         raise ValueError(f"batch {batch} samples from {', '.join(missing)}: pass their folders in model_folders")
@@ -483,7 +503,8 @@ def build_preferences(profile, out_dir: str | os.PathLike, model_folders: dict[s
         sampled[f"{name}@{temperature:g}"] = chat_answers(model, tokenizer, dialogs, 80, temperature, 1.0,
                                                           seed=seed + n)  # fmt: skip
     candidates = candidate_responses(world, prompts, sampled, seed, settings.flaws_per_prompt)
-    pairs = label_pairs(world, prompts, candidates, settings.pairs_per_prompt, seed)
+    per_prompt = settings.pairs_per_prompt if batch == 1 else settings.next_batch_pairs_per_prompt
+    pairs = label_pairs(world, prompts, candidates, per_prompt, seed)
     save_pairs(pairs, out / "pairs.jsonl")
     summary = {"batch": batch, "sources": [f"{name}@{t:g}" for name, t in plan], "prompts": len(prompts),
                "responses": sum(len(c) for c in candidates), "pairs": len(pairs)}  # fmt: skip
@@ -577,11 +598,12 @@ def test_pairs(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
 
 def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.PathLike,
                        pairs_path: str | os.PathLike | Sequence[str | os.PathLike], kind: str, margins: str,
-                       fraction: float, reads_predictions: bool | None = None) -> Path:  # fmt: skip
+                       fraction: float, reads_predictions: bool | None = None,
+                       start_from: str | os.PathLike | None = None) -> Path:  # fmt: skip
     """Train one reward model and evaluate it on both test sets: out_dir/model, report.json, test_rewards.json.
-    pairs_path: one batch's pairs.jsonl, or several (§3.2.1: each new RM is trained on every batch so far; its test
-    figures are batch 1's test sets, the ones every RM is compared on). reads_predictions: the profile's setting
-    unless given."""
+    pairs_path: one batch's pairs.jsonl, or several, trained on together. start_from: a trained reward model's
+    folder to train further on these pairs (§3.2.1's next batch: the model has then seen every batch); its test
+    figures are always the first file's test sets. reads_predictions: the profile's setting unless given."""
     from ..checkpoint import load_checkpoint
     from ..tokenizer import Tokenizer
 
@@ -597,13 +619,18 @@ def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.
     train_pairs = [p for path in paths for p in mix(load_pairs(path), kind, "train", seed, fraction)]
     random.Random(seed).shuffle(train_pairs)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    backbone = load_checkpoint(sft_model, device=device)
+    start = load_reward_model(start_from, device) if start_from is not None else None
+    if start is not None and start.reads_predictions != reads:
+        raise ValueError(f"{start_from} {'reads' if start.reads_predictions else 'does not read'} predictions, "
+                         f"and reads_predictions={reads} was asked: continue a model of the same design")  # fmt: skip
+    backbone = start.backbone if start is not None else load_checkpoint(sft_model, device=device)
     model, _ = train_reward_model(backbone, tokenizer, train_pairs, settings.lr, settings.batch_size, margins,
                                   settings.epochs, out, seed, desc=f"reward model ({kind}, margin {margins}) "
                                   f"[{profile.name}]", precision=profile.precision,
-                                  reads_predictions=reads)  # fmt: skip
+                                  reads_predictions=reads, start=start)  # fmt: skip
     report: dict = {"kind": kind, "margins": margins, "fraction": fraction, "train_pairs": len(train_pairs),
-                    "batches": len(paths), "reads_predictions": reads}  # fmt: skip
+                    "continued_from": Path(start_from).parent.name if start_from is not None else None,
+                    "reads_predictions": reads}  # fmt: skip
     report["probes"] = fact_probes(model, tokenizer, World(profile.world), seed)
     distributions = {}
     for name, test in test_pairs(pairs).items():
@@ -612,8 +639,8 @@ def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.
         distributions[name] = [{"strength": p.strength, "chosen": c, "rejected": r} for p, (c, r) in zip(test, scored)]
         if name == "safety":
             report["safety_gate"] = safety_gate(test, scored)
-    train_scored = pair_rewards(model, tokenizer, train_pairs[:2000])
-    report["train_accuracy"] = accuracy(train_pairs[:2000], train_scored)["accuracy"]
+    train_scored = pair_rewards(model, tokenizer, train_pairs[:500])  # how well it fits: a sample is enough
+    report["train_accuracy"] = accuracy(train_pairs[:500], train_scored)["accuracy"]
     save_reward_model(model.cpu(), out / "model", tokenizer_model)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "test_rewards.json").write_text(json.dumps(distributions) + "\n")

@@ -248,11 +248,10 @@ def reward_folder(profile: Profile | str | None = None, kind: str = "helpfulness
     stage = f"reward-{kind}" + ("" if (margins, fraction) == ("small", 1.0) else f"-{margins}-{fraction:g}")
     stage += "" if reads == profile.reward.reads_predictions else ("-reads" if reads else "-head")
     stage += "" if batches == 1 else f"-batches{batches}"
-    paths = [pairs[-1] / "pairs.jsonl"] if start else [pairs[0] / "pairs.jsonl"]
     start_model = start / "model" if start else None
     return build_artifact(stage, profile, settings,
-                          lambda work: build_reward_model(profile, work, sft / "model", paths, kind, margins, fraction,
-                                                          reads, start_model), root)  # fmt: skip
+                          lambda work: build_reward_model(profile, work, sft / "model", pairs[-1] / "pairs.jsonl", kind,
+                                                          margins, fraction, reads, start_model), root)  # fmt: skip
 
 
 def reward_model(profile: Profile | str | None = None, kind: str = "helpfulness", root=None, device: str = "cpu",

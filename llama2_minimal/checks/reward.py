@@ -32,10 +32,13 @@ def _gate_cases():
     ]  # fmt: skip
 
 
+def _whiten(raw):
+    return (raw - raw.mean()) / torch.sqrt(raw.var(correction=0) + 1e-8)
+
+
 def _gate_reversed(helpfulness, safety, unsafe):
     edge = math.log(SAFETY_GATE / (1 - SAFETY_GATE))
-    raw = torch.where(unsafe | (safety >= edge), safety, helpfulness)
-    return (raw - raw.mean()) / torch.sqrt(raw.var(correction=0) + 1e-8)
+    return _whiten(torch.where(unsafe | (safety >= edge), safety, helpfulness))
 
 
 def _gate_ignores_tag(helpfulness, safety, unsafe):
@@ -43,8 +46,7 @@ def _gate_ignores_tag(helpfulness, safety, unsafe):
 
 
 def _gate_on_raw_probability(helpfulness, safety, unsafe):
-    raw = torch.where(unsafe | (safety < SAFETY_GATE), safety, helpfulness)
-    return (raw - raw.mean()) / torch.sqrt(raw.var(correction=0) + 1e-8)
+    return _whiten(torch.where(unsafe | (safety < SAFETY_GATE), safety, helpfulness))
 
 
 def _gate_not_whitened(helpfulness, safety, unsafe):
@@ -58,8 +60,7 @@ def _gate_only_centred(helpfulness, safety, unsafe):
 
 
 def _gate_whitens_probabilities(helpfulness, safety, unsafe):
-    p = torch.sigmoid(_gate_not_whitened(helpfulness, safety, unsafe))
-    return (p - p.mean()) / torch.sqrt(p.var(correction=0) + 1e-8)
+    return _whiten(torch.sigmoid(_gate_not_whitened(helpfulness, safety, unsafe)))
 
 
 check_gated_reward = make_checker(

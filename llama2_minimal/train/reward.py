@@ -395,12 +395,12 @@ def rewards(model: RewardModel, tokenizer, prompts: Sequence[str], responses: Se
     device = model.score.weight.device
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]) + len(responses[i]), i))
     out = [0.0] * len(prompts)
+    reader = getattr(model, "reader", None)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         p, r = [prompts[i] for i in index], [responses[i] for i in index]
         batch = encode_batch(tokenizer, p, r, model.params.max_seq_len)
         batch["tokens"] = batch["tokens"].to(device)
-        reader = getattr(model, "reader", None)
         if reader is not None:
             batch["evidence"] = evidence_table(reader, tokenizer, p, r, model.params.max_seq_len, batch_size)
         for i, value in zip(index, batch_rewards(model, batch).tolist()):
@@ -597,27 +597,24 @@ def test_pairs(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
 
 
 def build_reward_model(profile, out_dir: str | os.PathLike, sft_model: str | os.PathLike,
-                       pairs_path: str | os.PathLike | Sequence[str | os.PathLike], kind: str, margins: str,
-                       fraction: float, reads_predictions: bool | None = None,
+                       pairs_path: str | os.PathLike, kind: str, margins: str, fraction: float,
+                       reads_predictions: bool | None = None,
                        start_from: str | os.PathLike | None = None) -> Path:  # fmt: skip
-    """Train one reward model and evaluate it on both test sets: out_dir/model, report.json, test_rewards.json.
-    pairs_path: one batch's pairs.jsonl, or several, trained on together. start_from: a trained reward model's
-    folder to train further on these pairs (§3.2.1's next batch: the model has then seen every batch); its test
-    figures are always the first file's test sets. reads_predictions: the profile's setting unless given."""
+    """Train one reward model on one preference batch's pairs.jsonl and evaluate it on that batch's two test sets:
+    out_dir/model, report.json, test_rewards.json. start_from: a trained reward model's folder to train further
+    on these pairs (§3.2.1's next batch: the model has then seen every batch). reads_predictions: the profile's
+    setting unless given."""
     from ..checkpoint import load_checkpoint
     from ..tokenizer import Tokenizer
 
-    paths = [pairs_path] if isinstance(pairs_path, (str, os.PathLike)) else list(pairs_path)
-    if not paths:
-        raise ValueError("pairs_path names no pairs.jsonl: give one batch's file or a list of them")
     out = Path(out_dir)
     settings, seed = profile.reward, profile.world.seed
     reads = settings.reads_predictions if reads_predictions is None else reads_predictions
     tokenizer_model = Path(sft_model) / "tokenizer.model"
     tokenizer = Tokenizer(tokenizer_model)
-    pairs = load_pairs(paths[0])
-    train_pairs = [p for path in paths for p in mix(load_pairs(path), kind, "train", seed, fraction)]
-    random.Random(seed).shuffle(train_pairs)
+    pairs = load_pairs(pairs_path)
+    train_pairs = mix(pairs, kind, "train", seed, fraction)
+    random.Random(seed).shuffle(train_pairs)  # a second seeded shuffle after mix's: the order the models are trained in
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start = load_reward_model(start_from, device) if start_from is not None else None
     if start is not None and start.reads_predictions != reads:
